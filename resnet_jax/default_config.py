@@ -1,0 +1,61 @@
+"""Base configuration: every field the trainer reads, with its unit.
+
+Not a recipe by itself; `configs/resnet18.py`, `tutorial.py`, `tiny.py` and
+`finetune.py` start from it and change a few fields.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  # Data: any TFDS image-classification dataset with `image` and `label`.
+  config.dataset = "cifar10"
+  config.data_dir = ""  # TFDS data directory; "" means TFDS's default.
+  config.manual_dir = ""  # Folder with the dataset's original archives (offline).
+  config.train_split = "train"
+  config.eval_split = "test"
+  config.num_classes = 0  # 0: take it from the dataset.
+  # Per-channel normalisation in [0, 1] pixel units; empty: the training set's.
+  config.mean = ()
+  config.std = ()
+  config.crop_padding = 4  # Pixels of zero padding before the random crop; 0 disables.
+  config.random_flip = True  # Random horizontal flip.
+  config.image_size = 0  # Resize to this side on device before the model; 0: native.
+
+  # Model.
+  config.model = "resnet18"
+  config.stem = "cifar"  # "cifar": 3x3 conv, no pool. "imagenet": 7x7/2 conv + 3x3/2 pool.
+  config.width = 64  # Base channel count.
+  config.zero_init_residual = False  # Zero the last BN scale of each residual branch.
+  config.dropout_rate = 0.0  # Dropout before the classifier.
+
+  # Optimisation.
+  config.batch_size = 128  # Global, over all devices.
+  config.eval_batch_size = 0  # 0: same as batch_size.
+  config.num_epochs = 200.0
+  config.num_train_steps = 0  # > 0 overrides num_epochs (tests, benchmarks).
+  config.learning_rate = 0.1  # Peak, for the global batch.
+  config.lr_schedule = "cosine"  # "cosine" (after warmup) or "constant".
+  config.warmup_epochs = 1.0
+  config.momentum = 0.9
+  config.nesterov = False
+  config.weight_decay = 5e-4  # L2 coefficient added to the gradient (as torch.optim.SGD).
+  config.decay_bn_and_bias = True  # False: no weight decay on BN scales/biases and biases.
+  config.label_smoothing = 0.0
+  config.half_precision = False  # bf16 compute; params and BN statistics stay float32.
+  config.seed = 0
+
+  # Fine-tuning.
+  config.init_checkpoint = ""  # Workdir or Orbax checkpoint to start from.
+  config.freeze_backbone = False  # Train only the classifier head.
+  config.backbone_lr_scale = 1.0  # Backbone learning rate = this x learning_rate.
+
+  # Checkpoints, evaluation and logging.
+  config.checkpoint_every_epochs = 1.0
+  config.keep_checkpoints = 3  # Latest N kept, besides the best.
+  config.eval_every_epochs = 1.0
+  config.log_every_steps = 50
+
+  return config

@@ -1,0 +1,243 @@
+"""Data: TFDS image datasets loaded once as uint8 arrays, augmented on device.
+
+The host's job ends at `load_dataset`: it returns whole splits as numpy
+arrays (decoded once, then cached as .npz beside the TFDS data so later runs
+load in seconds and machines without TFDS can read them). Everything per
+step, batching by a per-epoch permutation, random crop, flip, resize and
+normalisation, is a pure JAX function that runs inside the compiled step.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import socket
+import zipfile
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from resnet_jax.errors import UserError
+
+CACHE_FORMAT = 1
+
+
+@dataclasses.dataclass
+class Split:
+  """One split of a dataset, whole, on the host."""
+  images: np.ndarray  # uint8 [N, H, W, C]
+  labels: np.ndarray  # int32 [N]
+
+
+@dataclasses.dataclass
+class Dataset:
+  """A train and an eval split with what the model needs to know of them."""
+  name: str
+  train: Split
+  eval: Split
+  num_classes: int
+  class_names: list[str]
+  mean: tuple[float, ...]  # per channel, pixel values in [0, 1]
+  std: tuple[float, ...]
+
+
+def default_data_dir() -> str:
+  return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+
+
+def _cache_path(data_dir: str, dataset: str, split: str) -> str:
+  safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", split)
+  digest = hashlib.sha1(split.encode()).hexdigest()[:8]
+  return os.path.join(data_dir, "resnet_jax_cache", dataset, f"{safe}-{digest}.npz")
+
+
+def _read_cache(path: str) -> tuple[Split, dict] | None:
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      meta = json.loads(str(f["meta"]))
+      if meta.get("format") != CACHE_FORMAT:
+        return None
+      return Split(f["images"], f["labels"].astype(np.int32)), meta
+  except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+    return None  # Absent or damaged: decode again.
+
+
+def _write_cache(path: str, split: Split, meta: dict) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.tmp{os.getpid()}.npz"
+  np.savez(tmp, images=split.images, labels=split.labels,
+           meta=np.array(json.dumps({**meta, "format": CACHE_FORMAT})))
+  os.replace(tmp, path)  # Atomic: a killed run never leaves half a cache.
+
+
+def _network_reachable(host: str = "storage.googleapis.com", port: int = 443,
+                       timeout_s: float = 3.0) -> bool:
+  try:
+    socket.create_connection((host, port), timeout=timeout_s).close()
+    return True
+  except OSError:
+    return False
+
+
+def _offline_message(dataset: str, data_dir: str) -> str:
+  return (f"dataset {dataset!r} is not prepared in {data_dir} and cannot be downloaded "
+          "(no network): copy its original archives (for cifar10, cifar-10-binary.tar.gz) "
+          "into a folder and pass --config.manual_dir=FOLDER, or point "
+          "--config.data_dir at a TFDS directory where it is already prepared")
+
+
+def _tfds_builder(dataset: str, data_dir: str):
+  import tensorflow_datasets as tfds  # Lazy: cached arrays need no TFDS.
+  try:
+    return tfds.builder(dataset, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise UserError(f"unknown dataset {dataset!r}: use a TFDS image-classification "
+                    "dataset name such as cifar10, cifar100, fashion_mnist or svhn_cropped")
+
+
+def _prepare(builder, dataset: str, data_dir: str, manual_dir: str) -> None:
+  """Downloads (or takes from manual_dir) and prepares the dataset once."""
+  import tensorflow_datasets as tfds
+  if builder.is_prepared():
+    return
+  if manual_dir:
+    if not os.path.isdir(manual_dir):
+      raise UserError(f"manual_dir {manual_dir} does not exist: pass the folder that "
+                      f"holds {dataset}'s original archives")
+  elif not _network_reachable():
+    raise UserError(_offline_message(dataset, data_dir))
+  download_config = tfds.download.DownloadConfig(
+      manual_dir=manual_dir or None, try_download_gcs=not manual_dir)
+  try:
+    builder.download_and_prepare(download_config=download_config)
+  except (tfds.core.download.download_manager.NonMatchingChecksumError,
+          AssertionError, FileNotFoundError, OSError) as e:
+    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    hint = (f"check that {manual_dir} holds {dataset}'s original, unmodified archives"
+            if manual_dir else _offline_message(dataset, data_dir))
+    raise UserError(f"could not prepare {dataset!r} ({first_line}): {hint}") from None
+
+
+def _decode_split(builder, split: str) -> Split:
+  import tensorflow_datasets as tfds
+  try:
+    ds = builder.as_dataset(split=split, batch_size=-1, shuffle_files=False)
+  except (ValueError, KeyError, AssertionError) as e:
+    raise UserError(f"split {split!r} of {builder.name} is not valid ({str(e).splitlines()[0]}): "
+                    f"use a TFDS split string such as 'train', 'test' or 'train[:10%]'")
+  arrays = tfds.as_numpy(ds)
+  return Split(np.asarray(arrays["image"], np.uint8), np.asarray(arrays["label"], np.int32))
+
+
+def load_split(dataset: str, split: str, data_dir: str = "", manual_dir: str = "") -> tuple[Split, dict]:
+  """Returns one split as uint8 arrays and its metadata (num_classes, class_names)."""
+  data_dir = data_dir or default_data_dir()
+  path = _cache_path(data_dir, dataset, split)
+  cached = _read_cache(path)
+  if cached is not None:
+    return cached
+  builder = _tfds_builder(dataset, data_dir)
+  features = builder.info.features
+  if "image" not in features or "label" not in features:
+    raise UserError(f"dataset {dataset!r} has features {sorted(features.keys())}, not 'image' "
+                    "and 'label': choose an image-classification dataset")
+  _prepare(builder, dataset, data_dir, manual_dir)
+  result = _decode_split(builder, split)
+  if result.images.ndim != 4:
+    raise UserError(f"dataset {dataset!r} has images of shape {result.images.shape[1:]}: "
+                    "images must all share one height, width and channel count")
+  meta = {"dataset": dataset, "split": split, "version": str(builder.info.version),
+          "num_classes": int(features["label"].num_classes),
+          "class_names": list(features["label"].names)}
+  if not _is_mocked():
+    _write_cache(path, result, meta)
+  return result, meta
+
+
+def _is_mocked() -> bool:
+  """True inside tfds.testing.mock_data, whose random data must not be cached."""
+  import tensorflow_datasets as tfds
+  return type(tfds.core.DatasetBuilder.as_dataset).__module__.startswith("unittest")
+
+
+def load_dataset(config) -> Dataset:
+  """Loads the train and eval splits named by the config."""
+  train, meta = load_split(config.dataset, config.train_split, config.data_dir, config.manual_dir)
+  eval_, _ = load_split(config.dataset, config.eval_split, config.data_dir, config.manual_dir)
+  if len(train.labels) == 0 or len(eval_.labels) == 0:
+    raise UserError(f"split {config.train_split!r} or {config.eval_split!r} of "
+                    f"{config.dataset} is empty: choose splits that hold examples")
+  channels = train.images.shape[-1]
+  if config.mean:
+    mean, std = tuple(config.mean), tuple(config.std)
+    if len(mean) != channels or len(std) != channels:
+      raise UserError(f"config.mean and config.std need {channels} values for {config.dataset} "
+                      f"(got {len(mean)} and {len(std)})")
+  else:
+    mean, std = channel_stats(train.images)
+  num_classes = config.num_classes or meta["num_classes"]
+  return Dataset(config.dataset, train, eval_, num_classes, meta["class_names"], mean, std)
+
+
+def channel_stats(images_NHWC: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """Per-channel mean and std of uint8 images, in [0, 1] units."""
+  pixels = images_NHWC.reshape(-1, images_NHWC.shape[-1])
+  count = pixels.shape[0]
+  total = pixels.sum(axis=0, dtype=np.float64)
+  total_sq = np.einsum("nc,nc->c", pixels, pixels, dtype=np.float64)
+  mean = total / count
+  std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
+  return tuple(float(m / 255) for m in mean), tuple(float(s / 255) for s in std)
+
+
+# On-device, per step -------------------------------------------------------
+
+
+def batch_indices(data_key: jax.Array, step: jax.Array, num_examples: int,
+                  batch_size: int) -> jax.Array:
+  """Indices of the training batch at `step`: a fresh permutation each epoch."""
+  steps_per_epoch = num_examples // batch_size
+  epoch, position = jnp.divmod(step, steps_per_epoch)
+  permutation = jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
+  return jax.lax.dynamic_slice_in_dim(permutation, position * batch_size, batch_size)
+
+
+def random_crop_flip(key: jax.Array, images_BHWC: jax.Array, padding: int,
+                     flip: bool) -> jax.Array:
+  """Pad-and-crop to the same size and flip left-right at random, per image."""
+  batch, height, width, _ = images_BHWC.shape
+  crop_key, flip_key = jax.random.split(key)
+  if padding:
+    padded = jnp.pad(images_BHWC, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    offsets = jax.random.randint(crop_key, (batch, 2), 0, 2 * padding + 1)
+    crop = lambda image, offset: jax.lax.dynamic_slice(
+        image, (offset[0], offset[1], 0), (height, width, image.shape[-1]))
+    images_BHWC = jax.vmap(crop)(padded, offsets)
+  if flip:
+    do_flip = jax.random.bernoulli(flip_key, 0.5, (batch, 1, 1, 1))
+    images_BHWC = jnp.where(do_flip, images_BHWC[:, :, ::-1], images_BHWC)
+  return images_BHWC
+
+
+def preprocess(images_BHWC: jax.Array, mean: Sequence[float], std: Sequence[float],
+               image_size: int = 0, dtype=jnp.float32) -> jax.Array:
+  """uint8 images to normalised floats, resized to image_size when it is set."""
+  x = images_BHWC.astype(jnp.float32) / 255.0
+  if image_size and image_size != x.shape[1]:
+    x = jax.image.resize(x, (x.shape[0], image_size, image_size, x.shape[3]), "bilinear")
+  x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+  return x.astype(dtype)
+
+
+def pad_for_eval(split: Split, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Pads a split to whole batches; the mask is 1 for real examples, 0 for padding."""
+  n = len(split.labels)
+  padded = -(-n // batch_size) * batch_size
+  pad = padded - n
+  images = np.concatenate([split.images, np.zeros((pad, *split.images.shape[1:]), np.uint8)])
+  labels = np.concatenate([split.labels, np.zeros((pad,), np.int32)])
+  mask = np.concatenate([np.ones((n,), np.float32), np.zeros((pad,), np.float32)])
+  return images, labels, mask
