@@ -124,12 +124,17 @@ def _prepare(builder, dataset: str, data_dir: str, manual_dir: str) -> None:
 def _decode_split(builder, split: str) -> Split:
   import tensorflow_datasets as tfds
   try:
-    ds = builder.as_dataset(split=split, batch_size=-1, shuffle_files=False)
+    ds = builder.as_dataset(split=split, batch_size=4096, shuffle_files=False)
   except (ValueError, KeyError, AssertionError) as e:
     raise UserError(f"split {split!r} of {builder.name} is not valid ({str(e).splitlines()[0]}): "
                     f"use a TFDS split string such as 'train', 'test' or 'train[:10%]'")
-  arrays = tfds.as_numpy(ds)
-  return Split(np.asarray(arrays["image"], np.uint8), np.asarray(arrays["label"], np.int32))
+  images, labels = [], []
+  for chunk in tfds.as_numpy(ds):
+    images.append(np.asarray(chunk["image"], np.uint8))
+    labels.append(np.asarray(chunk["label"], np.int32))
+  if not images:
+    raise UserError(f"split {split!r} of {builder.name} is empty: choose a split that holds examples")
+  return Split(np.concatenate(images), np.concatenate(labels))
 
 
 def load_split(dataset: str, split: str, data_dir: str = "", manual_dir: str = "") -> tuple[Split, dict]:
@@ -144,7 +149,9 @@ def load_split(dataset: str, split: str, data_dir: str = "", manual_dir: str = "
   if "image" not in features or "label" not in features:
     raise UserError(f"dataset {dataset!r} has features {sorted(features.keys())}, not 'image' "
                     "and 'label': choose an image-classification dataset")
-  _prepare(builder, dataset, data_dir, manual_dir)
+  mocked = _is_mocked()
+  if not mocked:
+    _prepare(builder, dataset, data_dir, manual_dir)
   result = _decode_split(builder, split)
   if result.images.ndim != 4:
     raise UserError(f"dataset {dataset!r} has images of shape {result.images.shape[1:]}: "
@@ -152,7 +159,7 @@ def load_split(dataset: str, split: str, data_dir: str = "", manual_dir: str = "
   meta = {"dataset": dataset, "split": split, "version": str(builder.info.version),
           "num_classes": int(features["label"].num_classes),
           "class_names": list(features["label"].names)}
-  if not _is_mocked():
+  if not mocked:
     _write_cache(path, result, meta)
   return result, meta
 
@@ -160,7 +167,7 @@ def load_split(dataset: str, split: str, data_dir: str = "", manual_dir: str = "
 def _is_mocked() -> bool:
   """True inside tfds.testing.mock_data, whose random data must not be cached."""
   import tensorflow_datasets as tfds
-  return type(tfds.core.DatasetBuilder.as_dataset).__module__.startswith("unittest")
+  return tfds.core.DatasetBuilder.as_dataset.__module__ == "tensorflow_datasets.testing.mocking"
 
 
 def load_dataset(config) -> Dataset:

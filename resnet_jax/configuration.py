@@ -1,0 +1,93 @@
+"""Checks a config before anything is loaded or written, and compares saved ones."""
+
+import json
+import os
+from collections.abc import Mapping
+
+import jax
+import ml_collections
+
+from resnet_jax import models
+from resnet_jax.errors import UserError
+
+# Fields that fix the shape of the parameters or the meaning of the data: a
+# resumed run must match its checkpoints in each.
+ARCHITECTURE_FIELDS = ("model", "stem", "width", "dataset")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises UserError for any field a run cannot start with."""
+  if config.model not in models.MODELS:
+    raise UserError(f"unknown model {config.model!r}: set --config.model to one of "
+                    f"{', '.join(models.MODELS)}")
+  if config.stem not in models.STEMS:
+    raise UserError(f"unknown stem {config.stem!r}: set --config.stem to 'cifar' or 'imagenet'")
+  if config.width <= 0:
+    raise UserError(f"width must be positive, got {config.width}: set --config.width=64")
+  if config.batch_size <= 0:
+    raise UserError(f"batch_size must be positive, got {config.batch_size}")
+  devices = jax.device_count()
+  for name in ("batch_size", "eval_batch_size"):
+    value = config[name]
+    if value and value % devices:
+      raise UserError(f"{name} {value} is not divisible by the {devices} devices: use a "
+                      f"multiple of {devices}, such as {max(devices, value // devices * devices)}")
+  if config.eval_batch_size < 0:
+    raise UserError(f"eval_batch_size must be positive (or 0 for batch_size), got {config.eval_batch_size}")
+  if config.num_epochs < 0:
+    raise UserError(f"num_epochs must not be negative, got {config.num_epochs}")
+  if config.num_train_steps < 0:
+    raise UserError(f"num_train_steps must not be negative, got {config.num_train_steps}")
+  if config.num_epochs == 0 and config.num_train_steps == 0:
+    raise UserError("num_epochs and num_train_steps are both 0: set one of them above 0")
+  for name in ("checkpoint_every_epochs", "eval_every_epochs"):
+    if config[name] <= 0:
+      raise UserError(f"{name} must be positive, got {config[name]}")
+  if config.log_every_steps <= 0:
+    raise UserError(f"log_every_steps must be positive, got {config.log_every_steps}")
+  if config.learning_rate < 0 or config.weight_decay < 0:
+    raise UserError("learning_rate and weight_decay must not be negative")
+  if config.lr_schedule not in ("cosine", "constant"):
+    raise UserError(f"unknown lr_schedule {config.lr_schedule!r}: use 'cosine' or 'constant'")
+  if not 0 <= config.label_smoothing < 1 or not 0 <= config.dropout_rate < 1:
+    raise UserError("label_smoothing and dropout_rate must lie in [0, 1)")
+  if len(config.mean) != len(config.std):
+    raise UserError("config.mean and config.std need the same number of values")
+  if any(s <= 0 for s in config.std):
+    raise UserError("config.std values must be positive")
+
+
+def read_saved(workdir: str) -> dict | None:
+  """The resolved config a previous run wrote into workdir, if any."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise UserError(f"{path} cannot be read ({e}): restore it, or start a fresh run "
+                    "with another --workdir")
+
+
+def check_same_architecture(saved: Mapping, config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to resume a workdir whose checkpoints belong to another network or dataset."""
+  differ = [f"{k}: saved {saved.get(k)!r}, requested {config[k]!r}"
+            for k in ARCHITECTURE_FIELDS if k in saved and saved.get(k) != config[k]]
+  if differ:
+    raise UserError(f"workdir {workdir} holds a run with other settings ({'; '.join(differ)}): "
+                    "resume it with its own settings, or pass a new --workdir for a fresh run")
+
+
+def to_json(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def from_json(values: Mapping) -> ml_collections.ConfigDict:
+  """A ConfigDict from a saved config.json, on top of today's defaults."""
+  from resnet_jax import default_config
+  config = default_config.get_config()
+  with config.unlocked():
+    for key, value in values.items():
+      config[key] = tuple(value) if isinstance(value, list) and key in ("mean", "std") else value
+  return config

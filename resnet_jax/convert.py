@@ -1,0 +1,374 @@
+r"""PyTorch ResNet weights (torchvision's `state_dict` layout) to a resnet_jax checkpoint.
+
+  python -m resnet_jax.convert --torch_checkpoint=resnet18.pth --model=resnet18 \
+      --stem=imagenet --output=runs/resnet18_torchvision
+
+Every flag but --torch_checkpoint and --output can be left out: the model,
+stem, width and class count are read off the weights, and checked against
+the flags that are given. The output directory is a workdir whose only
+checkpoint (step 0) carries `params`, `batch_stats` and a config; pass it to
+training as `--config.init_checkpoint=DIR` or to `resnet_jax.predict`.
+
+Names map one to one (see `resnet_jax.models`): `layer1.0.conv1.weight` is
+`params/layer1_0/conv1/kernel` (OIHW to HWIO), `downsample.0`/`.1` are
+`downsample_conv`/`downsample_bn`, BN `weight` is `scale`, running
+statistics go to `batch_stats`, and `fc.weight` is transposed.
+"""
+
+import dataclasses
+import functools
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from resnet_jax import models
+from resnet_jax.checkpointing import Checkpointer
+from resnet_jax.errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Resolution the converted weights expect when the config does not say; predict reads it.
+NATIVE_SIZE = {"imagenet": 224, "cifar": 32}
+
+_IGNORED_SUFFIXES = (".num_batches_tracked",)
+_WRAPPER_KEYS = ("state_dict", "model")
+_TORCH_MODULES = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}
+_TORCH_LEAVES = {
+    ("params", "kernel"): "weight",
+    ("params", "scale"): "weight",
+    ("params", "bias"): "bias",
+    ("batch_stats", "mean"): "running_mean",
+    ("batch_stats", "var"): "running_var",
+}
+_BLOCK_KEY = re.compile(r"^layer(\d+)\.(\d+)\.")
+_MAX_LISTED = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+  """What `models.create_model` needs to rebuild the network of a state_dict."""
+  model: str
+  stem: str
+  width: int
+  num_classes: int
+  in_channels: int = 3
+
+
+# Reading ---------------------------------------------------------------------
+
+
+def load_torch_file(path: str) -> Mapping[str, Any]:
+  """Reads a .pth file (tensors only, no pickled code) onto the CPU."""
+  if not os.path.isfile(path):
+    raise UserError(f"PyTorch checkpoint {path} does not exist: pass an existing .pth file")
+  try:
+    import torch  # Lazy: an optional extra, needed only for .pth files.
+  except ImportError:
+    raise UserError("reading .pth files needs PyTorch: pip install -e '.[torch]' "
+                    "(or pip install torch)") from None
+  try:
+    loaded = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # Truncated zips, pickles with code and foreign files all differ.
+    raise UserError(f"could not read {path} as a PyTorch checkpoint "
+                    f"({type(e).__name__}: {_first_line(e)})") from None
+  if not isinstance(loaded, Mapping):
+    raise UserError(f"{path} holds a {type(loaded).__name__}, not a state_dict: save "
+                    "model.state_dict() with torch.save")
+  return loaded
+
+
+def normalize_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+  """Unwraps {'state_dict': ...} or {'model': ...} and strips DataParallel's `module.`."""
+  while not _looks_like_weights(state_dict):
+    inner = next((state_dict[k] for k in _WRAPPER_KEYS
+                  if isinstance(state_dict.get(k), Mapping)), None)
+    if inner is None:
+      break
+    state_dict = inner
+  return {(k[len("module."):] if k.startswith("module.") else k): v
+          for k, v in state_dict.items()}
+
+
+def _looks_like_weights(state_dict: Mapping[str, Any]) -> bool:
+  return any(isinstance(k, str) and k.split(".")[-1] in ("weight", "bias")
+             for k in state_dict)
+
+
+# Architecture ----------------------------------------------------------------
+
+
+def infer_architecture(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+  """Reads model, stem, width, num_classes and in_channels off the weights; None where unclear."""
+  conv1 = _shape(state_dict.get("conv1.weight"))
+  fc = _shape(state_dict.get("fc.weight"))
+  inferred = {"model": None, "stem": None, "width": None, "num_classes": None, "in_channels": None}
+  if len(conv1) == 4:
+    inferred["width"], inferred["in_channels"] = conv1[0], conv1[1]
+    inferred["stem"] = {(7, 7): "imagenet", (3, 3): "cifar"}.get(conv1[2:])
+  if len(fc) == 2:
+    inferred["num_classes"] = fc[0]
+  inferred["model"] = _model_name(state_dict)
+  return inferred
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+  """Shape of a tensor, array or nested list; () for None."""
+  if value is None:
+    return ()
+  return tuple(int(d) for d in (value.shape if hasattr(value, "shape") else np.shape(value)))
+
+
+def _stage_sizes(state_dict: Mapping[str, Any]) -> tuple[int, ...]:
+  blocks: dict[int, set[int]] = {}
+  for key in state_dict:
+    match = _BLOCK_KEY.match(key)
+    if match:
+      blocks.setdefault(int(match[1]), set()).add(int(match[2]))
+  return tuple(len(blocks.get(stage, ())) for stage in range(1, max(blocks, default=0) + 1))
+
+
+def _model_name(state_dict: Mapping[str, Any]) -> str | None:
+  """The model in `models.MODELS` with these blocks per stage and this block type."""
+  stage_sizes = _stage_sizes(state_dict)
+  block_cls = (models.Bottleneck if any(".conv3." in k for k in state_dict)
+               else models.BasicBlock)
+  for name, factory in models.MODELS.items():
+    if (tuple(factory.keywords["stage_sizes"]) == stage_sizes
+        and factory.keywords["block_cls"] is block_cls):
+      return name
+  return None
+
+
+def resolve_architecture(state_dict: Mapping[str, Any], model: str | None = None,
+                         stem: str | None = None, width: int | None = None,
+                         num_classes: int | None = None) -> Architecture:
+  """The architecture of a state_dict, with given values checked against the weights.
+
+  Args:
+    state_dict: torchvision-layout names to tensors or arrays (already normalised).
+    model: a name in `resnet_jax.models.MODELS`; None reads it off the blocks.
+    stem: 'imagenet' or 'cifar'; None reads it off conv1's kernel size.
+    width: base channel count; None takes conv1's output channels.
+    num_classes: None takes fc's rows.
+  """
+  inferred = infer_architecture(state_dict)
+  given = {"model": model, "stem": stem, "width": width, "num_classes": num_classes}
+  if model is not None and model not in models.MODELS:
+    raise UserError(f"unknown model {model!r}: choose one of {', '.join(models.MODELS)}")
+  if stem is not None and stem not in models.STEMS:
+    raise UserError(f"unknown stem {stem!r}: choose one of {', '.join(models.STEMS)}")
+  resolved = {}
+  for name, value in given.items():
+    found = inferred[name]
+    if value is not None and found is not None and value != found:
+      raise UserError(f"{name}={value!r} was asked for but the weights hold {name}={found!r} "
+                      f"({_describe(state_dict)}): drop the {name} or fix it")
+    resolved[name] = value if value is not None else found
+    if resolved[name] is None:
+      raise UserError(f"cannot tell the {name} from the weights ({_describe(state_dict)}): "
+                      f"pass {name} (--{name}=...) or check that this is a torchvision ResNet")
+  return Architecture(**resolved, in_channels=inferred["in_channels"] or 3)
+
+
+def _describe(state_dict: Mapping[str, Any]) -> str:
+  block = "bottleneck" if any(".conv3." in k for k in state_dict) else "basic"
+  conv1 = _shape(state_dict.get("conv1.weight"))
+  kernel = "x".join(map(str, conv1[2:])) if len(conv1) == 4 else "no"
+  return (f"blocks per stage {_stage_sizes(state_dict)}, {block} blocks, "
+          f"{kernel} conv1 kernel")
+
+
+# Conversion ------------------------------------------------------------------
+
+
+def _torch_key(path: tuple[str, ...]) -> str:
+  """('params', 'layer2_0', 'downsample_conv', 'kernel') -> 'layer2.0.downsample.0.weight'."""
+  collection, *modules, leaf = path
+  names = [_TORCH_MODULES.get(m, m.replace("_", ".")) for m in modules]
+  return ".".join([*names, _TORCH_LEAVES[(collection, leaf)]])
+
+
+def _torch_shape(path: tuple[str, ...], shape: Sequence[int]) -> tuple[int, ...]:
+  """The PyTorch shape of a Flax leaf: HWIO kernels are OIHW, Dense kernels transposed."""
+  if path[-1] == "kernel":
+    return tuple(shape[i] for i in ((3, 2, 0, 1) if len(shape) == 4 else (1, 0)))
+  return tuple(shape)
+
+
+def _to_flax(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
+  if path[-1] == "kernel":
+    return value.transpose((2, 3, 1, 0) if value.ndim == 4 else (1, 0))
+  return value
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+  if hasattr(value, "detach"):  # A torch.Tensor; bfloat16 has no numpy dtype.
+    return value.detach().cpu().float().numpy()
+  return np.asarray(value)
+
+
+def _listing(keys: Sequence[str]) -> str:
+  keys = sorted(keys)
+  more = f" (and {len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else ""
+  return ", ".join(keys[:_MAX_LISTED]) + more
+
+
+def expected_shapes(arch: Architecture) -> dict[tuple[str, ...], jax.ShapeDtypeStruct]:
+  """Flat Flax variable paths of the architecture to their shapes, without allocating."""
+  model = models.create_model(arch.model, arch.num_classes, arch.stem, arch.width)
+  images = jax.ShapeDtypeStruct((1, 32, 32, arch.in_channels), jnp.float32)
+  abstract = jax.eval_shape(functools.partial(model.init, train=False),
+                            jax.random.key(0), images)
+  return traverse_util.flatten_dict({k: abstract[k] for k in ("params", "batch_stats")})
+
+
+def from_torch_state_dict(state_dict: Mapping[str, Any], model: str | None = None,
+                          stem: str | None = None, width: int | None = None,
+                          num_classes: int | None = None) -> dict[str, dict]:
+  """Converts a torchvision-layout ResNet state_dict to {'params', 'batch_stats'}.
+
+  Args:
+    state_dict: names to torch tensors or numpy arrays, possibly wrapped as
+      {'state_dict': ...} or {'model': ...} and prefixed with `module.`.
+    model, stem, width, num_classes: as in `resnet_jax.models.create_model`;
+      each one left as None is read off the weights, each one given is
+      checked against them.
+
+  Returns:
+    Nested dicts of float32 numpy arrays, ready for `model.apply`.
+
+  Raises:
+    UserError: naming the unknown, missing or wrongly shaped keys.
+  """
+  state_dict = normalize_state_dict(state_dict)
+  arch = resolve_architecture(state_dict, model, stem, width, num_classes)
+  by_torch_key = {_torch_key(path): (path, spec) for path, spec in expected_shapes(arch).items()}
+  given = {k for k in state_dict if not k.endswith(_IGNORED_SUFFIXES)}
+  unknown = given - by_torch_key.keys()
+  missing = by_torch_key.keys() - given
+  flat, wrong_shapes = {}, []
+  for key in sorted(given & by_torch_key.keys()):
+    path, spec = by_torch_key[key]
+    try:
+      value = _as_numpy(state_dict[key])
+    except (TypeError, ValueError) as e:
+      raise UserError(f"{key} is not an array ({_first_line(e)})") from None
+    want = _torch_shape(path, spec.shape)
+    if value.shape != want:
+      wrong_shapes.append(f"{key} is {tuple(value.shape)}, expected {want}")
+      continue
+    flat[path] = _to_flax(path, value).astype(spec.dtype)
+  problems = []
+  if unknown:
+    problems.append(f"unknown keys: {_listing(unknown)}")
+  if missing:
+    problems.append(f"missing keys: {_listing(missing)}")
+  if wrong_shapes:
+    problems.append(f"wrong shapes: {_listing(wrong_shapes)}")
+  if problems:
+    raise UserError(f"the weights do not fit {arch.model} (stem={arch.stem}, width={arch.width}, "
+                    f"num_classes={arch.num_classes}): {'; '.join(problems)}")
+  return traverse_util.unflatten_dict(flat)
+
+
+# Writing ---------------------------------------------------------------------
+
+
+def save_converted(variables: Mapping[str, Any], output_dir: str, model: str, stem: str,
+                   width: int, num_classes: int,
+                   input_shape: Sequence[int] | None = None) -> str:
+  """Writes variables as step 0 of a new workdir; returns its checkpoints directory.
+
+  Args:
+    variables: {'params': ..., 'batch_stats': ...} as `from_torch_state_dict` returns.
+    output_dir: a new or empty-of-checkpoints directory; never overwritten.
+    model, stem, width, num_classes: the architecture, stored in the config.
+    input_shape: [H, W, C] the weights were trained at; default 224x224 for
+      the ImageNet stem and 32x32 for the CIFAR stem, with conv1's channels.
+  """
+  directory = os.path.join(os.path.abspath(output_dir), "checkpoints")
+  if os.path.isdir(directory) and os.listdir(directory):
+    raise UserError(f"{directory} already holds checkpoints: choose a new output directory "
+                    "(conversion never overwrites)")
+  if input_shape is None:
+    channels = int(np.shape(variables["params"]["conv1"]["kernel"])[2])
+    input_shape = (NATIVE_SIZE[stem], NATIVE_SIZE[stem], channels)
+  config = {
+      "model": model, "stem": stem, "width": int(width), "num_classes": int(num_classes),
+      "dataset": "converted", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+      "class_names": [], "image_size": 0, "input_shape": [int(d) for d in input_shape],
+  }
+  state = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+  checkpointer = Checkpointer(directory)
+  try:
+    checkpointer.save(0, state, config, force=True)
+  finally:
+    checkpointer.close()
+  return directory
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0] if text else "no message"
+
+
+# Command line ----------------------------------------------------------------
+
+
+def _define_flags() -> None:
+  """Defined only when run as a program, so importing this module adds no flags."""
+  from absl import flags
+  flags.DEFINE_string("torch_checkpoint", None, "A .pth file holding a ResNet state_dict.")
+  flags.DEFINE_string("output", None, "New directory to write the checkpoint (a workdir) to.")
+  flags.DEFINE_enum("model", None, list(models.MODELS), "Model; default: read off the weights.")
+  flags.DEFINE_enum("stem", None, list(models.STEMS), "Stem; default: read off conv1.")
+  flags.DEFINE_integer("width", None, "Base channel count; default: conv1's output channels.")
+  flags.DEFINE_integer("num_classes", None, "Classes; default: fc's rows.")
+
+
+def convert_file(torch_checkpoint: str, output: str, model: str | None = None,
+                 stem: str | None = None, width: int | None = None,
+                 num_classes: int | None = None) -> Architecture:
+  """Converts a .pth file into a new workdir; returns the architecture written."""
+  if not torch_checkpoint or not output:
+    raise UserError("pass --torch_checkpoint=FILE.pth and --output=DIR")
+  state_dict = normalize_state_dict(load_torch_file(torch_checkpoint))
+  arch = resolve_architecture(state_dict, model, stem, width, num_classes)
+  variables = from_torch_state_dict(state_dict, arch.model, arch.stem, arch.width,
+                                    arch.num_classes)
+  save_converted(variables, output, arch.model, arch.stem, arch.width, arch.num_classes)
+  return arch
+
+
+def main(argv: Sequence[str]) -> None:
+  from absl import flags
+  FLAGS = flags.FLAGS
+  try:
+    if len(argv) > 1:
+      raise UserError(f"unexpected arguments {' '.join(argv[1:])}: pass files as "
+                      "--torch_checkpoint=FILE.pth")
+    arch = convert_file(FLAGS.torch_checkpoint, FLAGS.output, FLAGS.model, FLAGS.stem,
+                        FLAGS.width, FLAGS.num_classes)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  output = os.path.abspath(FLAGS.output)
+  print(f"wrote {arch.model} (stem={arch.stem}, width={arch.width}, "
+        f"{arch.num_classes} classes) to {output}")
+  print("fine-tune from it with:\n"
+        f"  python -m resnet_jax.main --config=configs/finetune.py "
+        f"--config.init_checkpoint={output} --workdir=runs/finetune")
+  print(f"or classify images with:\n  python -m resnet_jax.predict --workdir={output} IMAGE...")
+
+
+if __name__ == "__main__":
+  from absl import app
+  _define_flags()
+  app.run(main)

@@ -1,0 +1,214 @@
+"""Train state, the compiled train and eval steps, and the optimiser.
+
+`train_step` and `eval_step` are pure functions of (state, batch). The
+`compile_*` functions wrap them with the on-device input pipeline (gather a
+batch of the dataset held on device, augment, normalise) and `jax.jit` over
+a one-axis mesh of every device: the batch is split over `data`, parameters
+are replicated, and BatchNorm statistics are taken over the global batch.
+"""
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax
+import flax.traverse_util as traverse_util
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from resnet_jax import input_pipeline, models, pretrained
+
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+DATA_AXIS = "data"
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any
+  # From config.freeze_backbone; static (part of the compiled program), not saved.
+  frozen_backbone: bool = flax.struct.field(pytree_node=False, default=False)
+
+
+def create_mesh() -> Mesh:
+  """A one-axis mesh of every device (all hosts), for data parallelism."""
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def put_replicated(array: np.ndarray, mesh: Mesh) -> jax.Array:
+  """Places a host array that every process holds in full on every device."""
+  return jax.make_array_from_callback(array.shape, replicated(mesh), lambda index: array[index])
+
+
+def compute_dtype(config: ml_collections.ConfigDict):
+  return jnp.bfloat16 if config.half_precision else jnp.float32
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int) -> models.ResNet:
+  return models.create_model(config.model, num_classes, stem=config.stem, width=config.width,
+                             dtype=compute_dtype(config),
+                             zero_init_residual=config.zero_init_residual,
+                             dropout_rate=config.dropout_rate)
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                           num_train_steps: int) -> optax.Schedule:
+  """Linear warmup from 0, then cosine decay to 0 (or a constant rate)."""
+  warmup_steps = min(int(config.warmup_epochs * steps_per_epoch), num_train_steps)
+  if config.lr_schedule == "constant":
+    if not warmup_steps:
+      return optax.constant_schedule(config.learning_rate)
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, config.learning_rate, warmup_steps),
+         optax.constant_schedule(config.learning_rate)], [warmup_steps])
+  # decay_steps counts the warmup too.
+  return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup_steps,
+                                            max(num_train_steps, warmup_steps + 1))
+
+
+def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
+                     params: Any) -> optax.GradientTransformation:
+  """SGD with momentum and L2 weight decay on the gradient, as torch.optim.SGD."""
+
+  def sgd(lr: optax.ScalarOrSchedule) -> optax.GradientTransformation:
+    decay_mask = None if config.decay_bn_and_bias else (
+        lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
+    return optax.chain(
+        optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+        optax.sgd(lr, momentum=config.momentum or None, nesterov=config.nesterov))
+
+  if not config.freeze_backbone and config.backbone_lr_scale == 1.0:
+    return sgd(schedule)
+  backbone = (optax.set_to_zero() if config.freeze_backbone else
+              sgd(lambda step: schedule(step) * config.backbone_lr_scale))
+  labels = traverse_util.path_aware_map(
+      lambda path, _: "head" if pretrained.is_head(path) else "backbone", params)
+  return optax.multi_transform({"head": sgd(schedule), "backbone": backbone}, labels)
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: models.ResNet,
+                       image_shape: tuple[int, ...], schedule: optax.Schedule,
+                       mesh: Mesh, init_variables: Mapping | None = None) -> TrainState:
+  """Initialises (or takes `init_variables` into) a replicated train state."""
+
+  def init() -> TrainState:
+    dummy = jnp.zeros((1, *image_shape), compute_dtype(config))
+    variables = model.init(jax.random.key(config.seed), dummy, train=False)
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    if init_variables is not None:
+      params, batch_stats = init_variables["params"], init_variables["batch_stats"]
+    return TrainState.create(apply_fn=model.apply, params=params, batch_stats=batch_stats,
+                             tx=create_optimizer(config, schedule, params),
+                             frozen_backbone=config.freeze_backbone)
+
+  return jax.jit(init, out_shardings=replicated(mesh))()
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
+                  label_smoothing: float) -> jax.Array:
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def train_step(state: TrainState, batch: Batch, *, schedule: optax.Schedule,
+               label_smoothing: float, dropout_key: jax.Array) -> tuple[TrainState, Metrics]:
+  """One SGD step on a preprocessed batch; returns the new state and batch means."""
+  rngs = {"dropout": jax.random.fold_in(dropout_key, state.step)}
+  # A frozen backbone runs as a fixed feature extractor: BN uses its running statistics.
+  train = not state.frozen_backbone
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=train,
+        mutable=["batch_stats"], rngs=rngs)
+    num_classes = logits.shape[-1]
+    loss = cross_entropy(logits, batch["label"], num_classes, label_smoothing).mean()
+    return loss, (logits, updates.get("batch_stats", state.batch_stats))
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  metrics = {"train_loss": loss,
+             "train_accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+             "learning_rate": jnp.asarray(schedule(state.step), jnp.float32)}
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: Batch, num_classes: int) -> Metrics:
+  """Sums (not means) over the real examples of a padded batch."""
+  logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                          batch["image"], train=False)
+  mask = batch["mask"]
+  predictions = jnp.argmax(logits, -1)
+  losses = cross_entropy(logits, batch["label"], num_classes, 0.0)
+  confusion = jnp.zeros((num_classes, num_classes), jnp.float32).at[
+      batch["label"], predictions].add(mask)
+  return {"loss_sum": jnp.sum(losses * mask), "correct": jnp.sum((predictions == batch["label"]) * mask),
+          "count": jnp.sum(mask), "confusion": confusion}
+
+
+def compile_train_step(config: ml_collections.ConfigDict, mesh: Mesh, schedule: optax.Schedule,
+                       mean, std, num_examples: int) -> Callable:
+  """(state, data) -> (state, metrics): gathers, augments and trains in one program."""
+  batch_size = config.batch_size
+  root = jax.random.key(config.seed)
+  data_key, augment_key, dropout_key = (jax.random.fold_in(root, i) for i in range(1, 4))
+  step_fn = functools.partial(train_step, schedule=schedule,
+                              label_smoothing=config.label_smoothing, dropout_key=dropout_key)
+
+  def step(state: TrainState, data: Batch) -> tuple[TrainState, Metrics]:
+    indices = input_pipeline.batch_indices(data_key, state.step, num_examples, batch_size)
+    indices = jax.lax.with_sharding_constraint(indices, batch_sharded(mesh))
+    images = input_pipeline.random_crop_flip(
+        jax.random.fold_in(augment_key, state.step), data["image"][indices],
+        config.crop_padding, config.random_flip)
+    images = input_pipeline.preprocess(images, mean, std, config.image_size, compute_dtype(config))
+    return step_fn(state, {"image": images, "label": data["label"][indices]})
+
+  return jax.jit(step, donate_argnums=0, out_shardings=(replicated(mesh), replicated(mesh)))
+
+
+def compile_evaluate(config: ml_collections.ConfigDict, mesh: Mesh, num_classes: int,
+                     mean, std, eval_batch_size: int) -> Callable:
+  """(state, padded eval data) -> summed metrics over every batch, in one program."""
+
+  def evaluate(state: TrainState, data: Batch) -> Metrics:
+    num_batches = data["label"].shape[0] // eval_batch_size
+
+    def body(totals, index):
+      batch = {k: jax.lax.with_sharding_constraint(
+          jax.lax.dynamic_slice_in_dim(v, index * eval_batch_size, eval_batch_size),
+          batch_sharded(mesh)) for k, v in data.items()}
+      batch["image"] = input_pipeline.preprocess(batch["image"], mean, std, config.image_size,
+                                                 compute_dtype(config))
+      metrics = eval_step(state, batch, num_classes)
+      return jax.tree.map(jnp.add, totals, metrics), None
+
+    zeros = {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(()),
+             "confusion": jnp.zeros((num_classes, num_classes))}
+    totals, _ = jax.lax.scan(body, zeros, jnp.arange(num_batches))
+    return totals
+
+  return jax.jit(evaluate, out_shardings=replicated(mesh))
+
+
+def summarize_eval(totals: Mapping[str, np.ndarray]) -> dict[str, Any]:
+  """Host-side: fractions from the summed eval metrics."""
+  count = float(totals["count"])
+  confusion = np.asarray(totals["confusion"])
+  per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
+  return {"eval_loss": float(totals["loss_sum"]) / count,
+          "eval_accuracy": float(totals["correct"]) / count, "eval_count": int(count),
+          "per_class_accuracy": per_class.tolist(), "confusion_matrix": confusion.astype(int).tolist()}
