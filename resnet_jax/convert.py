@@ -67,7 +67,8 @@ class Architecture:
 def load_torch_file(path: str) -> Mapping[str, Any]:
   """Reads a .pth file (tensors only, no pickled code) onto the CPU."""
   if not os.path.isfile(path):
-    raise UserError(f"PyTorch checkpoint {path} does not exist: pass an existing .pth file")
+    raise UserError(f"PyTorch checkpoint {path} does not exist or is not a file: pass a "
+                    ".pth file")
   try:
     import torch  # Lazy: an optional extra, needed only for .pth files.
   except ImportError:
@@ -86,12 +87,18 @@ def load_torch_file(path: str) -> Mapping[str, Any]:
 
 def normalize_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
   """Unwraps {'state_dict': ...} or {'model': ...} and strips DataParallel's `module.`."""
+  if not isinstance(state_dict, Mapping):
+    raise UserError(f"expected a state_dict (a mapping of names to tensors), "
+                    f"got a {type(state_dict).__name__}")
   while not _looks_like_weights(state_dict):
     inner = next((state_dict[k] for k in _WRAPPER_KEYS
                   if isinstance(state_dict.get(k), Mapping)), None)
     if inner is None:
       break
     state_dict = inner
+  bad = [repr(k) for k in state_dict if not isinstance(k, str)]
+  if bad:
+    raise UserError(f"state_dict keys must be strings, not {', '.join(bad[:_MAX_LISTED])}")
   return {(k[len("module."):] if k.startswith("module.") else k): v
           for k, v in state_dict.items()}
 
@@ -169,7 +176,7 @@ def resolve_architecture(state_dict: Mapping[str, Any], model: str | None = None
     found = inferred[name]
     if value is not None and found is not None and value != found:
       raise UserError(f"{name}={value!r} was asked for but the weights hold {name}={found!r} "
-                      f"({_describe(state_dict)}): drop the {name} or fix it")
+                      f"({_describe(state_dict)}): leave {name} out to use the weights' value")
     resolved[name] = value if value is not None else found
     if resolved[name] is None:
       raise UserError(f"cannot tell the {name} from the weights ({_describe(state_dict)}): "
@@ -292,17 +299,17 @@ def save_converted(variables: Mapping[str, Any], output_dir: str, model: str, st
     model, stem, width, num_classes: the architecture, stored in the config.
     input_shape: [H, W, C] the weights were trained at; default 224x224 for
       the ImageNet stem and 32x32 for the CIFAR stem, with conv1's channels.
+      Normalisation is torchvision's ImageNet mean and std for 3 channels.
   """
-  directory = os.path.join(os.path.abspath(output_dir), "checkpoints")
-  if os.path.isdir(directory) and os.listdir(directory):
-    raise UserError(f"{directory} already holds checkpoints: choose a new output directory "
-                    "(conversion never overwrites)")
+  directory = _free_checkpoint_dir(output_dir)
+  channels = int(np.shape(variables["params"]["conv1"]["kernel"])[2])
   if input_shape is None:
-    channels = int(np.shape(variables["params"]["conv1"]["kernel"])[2])
     input_shape = (NATIVE_SIZE[stem], NATIVE_SIZE[stem], channels)
+  # torchvision's normalisation for RGB; other channel counts get a neutral one.
+  mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,) * channels,) * 2
   config = {
       "model": model, "stem": stem, "width": int(width), "num_classes": int(num_classes),
-      "dataset": "converted", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+      "dataset": "converted", "mean": list(mean), "std": list(std),
       "class_names": [], "image_size": 0, "input_shape": [int(d) for d in input_shape],
   }
   state = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
@@ -311,6 +318,15 @@ def save_converted(variables: Mapping[str, Any], output_dir: str, model: str, st
     checkpointer.save(0, state, config, force=True)
   finally:
     checkpointer.close()
+  return directory
+
+
+def _free_checkpoint_dir(output_dir: str) -> str:
+  """The checkpoints directory of output_dir, refused when it holds anything already."""
+  directory = os.path.join(os.path.abspath(output_dir), "checkpoints")
+  if os.path.isdir(directory) and os.listdir(directory):
+    raise UserError(f"{directory} already holds checkpoints: choose a new output directory "
+                    "(conversion never overwrites)")
   return directory
 
 
@@ -327,8 +343,10 @@ def _define_flags() -> None:
   from absl import flags
   flags.DEFINE_string("torch_checkpoint", None, "A .pth file holding a ResNet state_dict.")
   flags.DEFINE_string("output", None, "New directory to write the checkpoint (a workdir) to.")
-  flags.DEFINE_enum("model", None, list(models.MODELS), "Model; default: read off the weights.")
-  flags.DEFINE_enum("stem", None, list(models.STEMS), "Stem; default: read off conv1.")
+  # Strings, not enums: a wrong name is a UserError (exit 2) like every other mistake.
+  flags.DEFINE_string("model", None, f"One of {', '.join(models.MODELS)}; default: read off "
+                      "the weights.")
+  flags.DEFINE_string("stem", None, "'imagenet' or 'cifar'; default: read off conv1.")
   flags.DEFINE_integer("width", None, "Base channel count; default: conv1's output channels.")
   flags.DEFINE_integer("num_classes", None, "Classes; default: fc's rows.")
 
@@ -339,6 +357,7 @@ def convert_file(torch_checkpoint: str, output: str, model: str | None = None,
   """Converts a .pth file into a new workdir; returns the architecture written."""
   if not torch_checkpoint or not output:
     raise UserError("pass --torch_checkpoint=FILE.pth and --output=DIR")
+  _free_checkpoint_dir(output)  # Before the slow part, and again when writing.
   state_dict = normalize_state_dict(load_torch_file(torch_checkpoint))
   arch = resolve_architecture(state_dict, model, stem, width, num_classes)
   variables = from_torch_state_dict(state_dict, arch.model, arch.stem, arch.width,
@@ -348,8 +367,10 @@ def convert_file(torch_checkpoint: str, output: str, model: str | None = None,
 
 
 def main(argv: Sequence[str]) -> None:
-  from absl import flags
+  from absl import flags, logging
   FLAGS = flags.FLAGS
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs each save step at INFO.
   try:
     if len(argv) > 1:
       raise UserError(f"unexpected arguments {' '.join(argv[1:])}: pass files as "

@@ -26,7 +26,7 @@ from resnet_jax import input_pipeline, models
 from resnet_jax.checkpointing import load_variables
 from resnet_jax.errors import UserError
 
-MAX_BATCH = 32
+MAX_BATCH = 32  # Images per compiled call; smaller batches pad to a power of two.
 
 
 @dataclasses.dataclass
@@ -50,12 +50,15 @@ def load_predictor(path: str) -> Predictor:
   variables, config, _ = load_variables(path)
   params = variables["params"]
   num_classes = int(config.get("num_classes") or np.shape(params["fc"]["bias"])[0])
-  width = int(config.get("width") or np.shape(params["conv1"]["kernel"])[-1])
-  model = models.create_model(_required(config, "model", path), num_classes,
-                              _required(config, "stem", path), width)
+  base_width = int(config.get("width") or np.shape(params["conv1"]["kernel"])[-1])
+  try:
+    model = models.create_model(_required(config, "model", path), num_classes,
+                                _required(config, "stem", path), base_width)
+  except ValueError as e:
+    raise UserError(f"the config saved with {path} names no known model ({e})") from None
   mean = tuple(float(m) for m in _required(config, "mean", path))
   std = tuple(float(s) for s in _required(config, "std", path))
-  height, width_px, channels = (int(d) for d in _required(config, "input_shape", path))
+  height, width, channels = (int(d) for d in _required(config, "input_shape", path))
   if channels not in (1, 3) or len(mean) != channels or len(std) != channels:
     raise UserError(f"the config saved with {path} has input_shape "
                     f"{config['input_shape']} with {len(mean)} means and {len(std)} stds: "
@@ -71,7 +74,7 @@ def load_predictor(path: str) -> Predictor:
     return jax.nn.softmax(model.apply(variables, x, train=False), axis=-1)
 
   return Predictor(lambda images: np.asarray(probabilities(variables, images)),
-                   (height, width_px, channels), names)
+                   (height, width, channels), names)
 
 
 # Reading images --------------------------------------------------------------
@@ -204,8 +207,10 @@ def _define_flags() -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-  from absl import flags
+  from absl import flags, logging
   FLAGS = flags.FLAGS
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs each save step at INFO.
   files = list(argv[1:])
   try:
     if not files:

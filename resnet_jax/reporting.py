@@ -1,24 +1,287 @@
-"""Where metrics go: metrics.jsonl in the workdir (one JSON object per event)."""
+"""Where metrics go, and what a finished run amounts to.
 
+`MetricWriter` appends one JSON object per event to <workdir>/metrics.jsonl
+and mirrors every scalar into TensorBoard event files under
+<workdir>/tensorboard/. `summarize_run` and `format_summary` read
+metrics.jsonl back into the table the trainer prints at the end of a run.
+"""
+
+import itertools
 import json
+import math
 import os
-from collections.abc import Mapping
+import shlex
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from absl import logging
+
+from resnet_jax.errors import UserError
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+FLUSH_EVERY_SECONDS = 60.0
+_GROUPS = ("train_", "eval_")
+_warned_without_tensorboardx = False
+_event_file_counter = itertools.count()
+
+
+def tensorboard_tag(name: str) -> str:
+  """The TensorBoard tag of a metric: `train_loss` -> `train/loss`, other names unchanged."""
+  for prefix in _GROUPS:
+    if name.startswith(prefix) and len(name) > len(prefix):
+      return f"{prefix[:-1]}/{name[len(prefix):]}"
+  return name
+
+
+class _EventFile:
+  """Scalars into one TensorBoard event file, written in the caller's thread.
+
+  tensorboardX's SummaryWriter hands events to a background thread, and its
+  flush() does not wait for that thread's queue, so an eval point could sit
+  unwritten (or die with the process); its EventsWriter, used here directly,
+  writes each event as it comes and flush() puts all of them on disk.
+  """
+
+  def __init__(self, logdir: str):
+    # Imported on first write, not with this module: tensorboardX pulls in torch where installed.
+    from tensorboardX.event_file_writer import EventsWriter
+    from tensorboardX.proto import event_pb2, summary_pb2
+    self._event, self._summary = event_pb2.Event, summary_pb2.Summary
+    os.makedirs(logdir, exist_ok=True)
+    # A unique suffix: two writers opened in the same second would share a name and truncate.
+    suffix = f".{os.getpid()}.{next(_event_file_counter)}"
+    self._writer = EventsWriter(os.path.join(logdir, "events"), filename_suffix=suffix)
+    self._last_flush = time.monotonic()
+
+  def add_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    values = [self._summary.Value(tag=tag, simple_value=value) for tag, value in scalars.items()]
+    self._writer.write_event(self._event(wall_time=time.time(), step=step,
+                                         summary=self._summary(value=values)))
+    if time.monotonic() - self._last_flush > FLUSH_EVERY_SECONDS:
+      self.flush()
+
+  def flush(self) -> None:
+    self._writer.flush()
+    self._last_flush = time.monotonic()
+
+  def close(self) -> None:
+    self._writer.close()
+
+
+def _open_event_file(logdir: str) -> _EventFile | None:
+  """An event file in logdir, or None (warned once per process) without tensorboardX."""
+  global _warned_without_tensorboardx
+  try:
+    return _EventFile(logdir)
+  except ImportError:
+    if not _warned_without_tensorboardx:
+      logging.warning("tensorboardX is not installed: metrics go to metrics.jsonl only "
+                      "(pip install tensorboardX for TensorBoard curves)")
+      _warned_without_tensorboardx = True
+    return None
 
 
 class MetricWriter:
-  """Appends one JSON line per event to <workdir>/metrics.jsonl (process 0 only)."""
+  """Appends one JSON line per event to <workdir>/metrics.jsonl and mirrors it to TensorBoard.
+
+  With `enabled=False` (every process but 0 of a multi-host run) it writes
+  nothing at all. TensorBoard tags are `train/<name>` for `train_<name>`,
+  `eval/<name>` for `eval_<name>`, and the metric name otherwise (`epoch` too).
+  Event files are flushed at every write that carries an eval metric, on
+  `close`, and otherwise at the first write a minute after the last flush.
+  """
 
   def __init__(self, workdir: str, enabled: bool = True):
     self.enabled = enabled
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.workdir = workdir
+    self.path = os.path.join(workdir, METRICS_FILE)
+    self.tensorboard_dir = os.path.join(workdir, TENSORBOARD_DIR)
+    self._event_file = None
+    self._event_file_tried = False
 
   def write(self, step: int, epoch: float, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
       return
     record = {"step": int(step), "epoch": round(float(epoch), 4),
               **{k: float(v) for k, v in metrics.items()}}
+    os.makedirs(self.workdir, exist_ok=True)
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
+    event_file = self._tensorboard()
+    if event_file is None:
+      return
+    event_file.add_scalars(record["step"], {tensorboard_tag(name): value
+                                            for name, value in record.items() if name != "step"})
+    if any(name.startswith("eval_") for name in record):
+      event_file.flush()
+
+  def _tensorboard(self) -> _EventFile | None:
+    """The event file, opened on the first write so that an idle writer leaves no files."""
+    if not self._event_file_tried:
+      self._event_file_tried = True
+      self._event_file = _open_event_file(self.tensorboard_dir)
+    return self._event_file
 
   def close(self) -> None:
-    pass
+    if self._event_file is not None:
+      self._event_file.close()
+    self._event_file, self._event_file_tried = None, False
+
+  def __enter__(self) -> "MetricWriter":
+    return self
+
+  def __exit__(self, *exc: object) -> None:
+    self.close()
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """Every record of <workdir>/metrics.jsonl in file order; a torn line is skipped with a warning."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.isfile(path):
+    raise UserError(f"{workdir} has no {METRICS_FILE}: pass the --workdir of a training run")
+  records = []
+  with open(path) as f:
+    for number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        record = None
+      if not isinstance(record, dict) or "step" not in record:
+        logging.warning("%s line %d is not a metrics record (a run stopped mid-write?): skipped",
+                        path, number)
+        continue
+      records.append(record)
+  return records
+
+
+def series(records: Sequence[Mapping[str, Any]], key: str) -> list[Mapping[str, Any]]:
+  """The records that carry `key`, one per step in step order; the last written wins.
+
+  A resumed run logs again the steps after its checkpoint, so the later
+  line is the one that belongs to the run's final history.
+  """
+  by_step = {}
+  for record in records:
+    if record.get(key) is not None:
+      by_step[int(record["step"])] = record
+  return [by_step[step] for step in sorted(by_step)]
+
+
+def _read_config(workdir: str) -> dict[str, Any]:
+  """The run's config.json, or {} where it is missing or unreadable (the summary goes on without)."""
+  path = os.path.join(workdir, "config.json")
+  try:
+    with open(path) as f:
+      config = json.load(f)
+  except FileNotFoundError:
+    return {}
+  except (OSError, json.JSONDecodeError) as e:
+    logging.warning("%s cannot be read (%s): summary without model and dataset", path, e)
+    return {}
+  return config if isinstance(config, dict) else {}
+
+
+def _total_wall_time(records: Sequence[Mapping[str, Any]]) -> float | None:
+  """Seconds of training over all sessions of a run.
+
+  Each session (the first run and every resume) counts `wall_time_s` from
+  its own start, so a value smaller than the one before marks a new
+  session; the total is the sum of each session's last value.
+  """
+  values = [float(r["wall_time_s"]) for r in records
+            if r.get("wall_time_s") is not None and math.isfinite(float(r["wall_time_s"]))]
+  if not values:
+    return None
+  total = 0.0
+  for previous, value in zip(values, values[1:]):
+    if value < previous:
+      total += previous
+  return total + values[-1]
+
+
+def summarize_run(workdir: str) -> dict[str, Any]:
+  """The facts of a run from its metrics.jsonl and config.json; absent facts are None.
+
+  Keys: workdir, model, dataset, num_epochs, steps_completed,
+  epochs_completed, num_evals, final_eval_step, final_eval_accuracy,
+  final_eval_loss, best_eval_step, best_eval_accuracy, wall_time_s,
+  mean_images_per_second. Accuracies are fractions in [0, 1]; the best is
+  the earliest step with the highest eval accuracy.
+  """
+  records = read_metrics(workdir)
+  config = _read_config(workdir)
+  evals = [r for r in series(records, "eval_accuracy") if math.isfinite(float(r["eval_accuracy"]))]
+  final = evals[-1] if evals else None
+  best = max(evals, key=lambda r: float(r["eval_accuracy"])) if evals else None
+  speeds = [float(r["images_per_second"]) for r in series(records, "images_per_second")
+            if math.isfinite(float(r["images_per_second"]))]
+  return {
+      "workdir": workdir,
+      "model": config.get("model"),
+      "dataset": config.get("dataset"),
+      "num_epochs": config.get("num_epochs"),
+      "steps_completed": max((int(r["step"]) for r in records), default=0),
+      "epochs_completed": max((float(r.get("epoch", 0.0)) for r in records), default=0.0),
+      "num_evals": len(evals),
+      "final_eval_step": int(final["step"]) if final else None,
+      "final_eval_accuracy": float(final["eval_accuracy"]) if final else None,
+      "final_eval_loss": float(final["eval_loss"]) if final and "eval_loss" in final else None,
+      "best_eval_step": int(best["step"]) if best else None,
+      "best_eval_accuracy": float(best["eval_accuracy"]) if best else None,
+      "wall_time_s": _total_wall_time(records),
+      "mean_images_per_second": sum(speeds) / len(speeds) if speeds else None,
+  }
+
+
+def format_duration(seconds: float) -> str:
+  """`3723.4` -> `1h 02m 03s`; under a minute, `12.3s`."""
+  if seconds < 60:
+    return f"{seconds:.1f}s"
+  minutes, secs = divmod(int(round(seconds)), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+
+
+def format_summary(summary: Mapping[str, Any], best_checkpoint_path: str | None, workdir: str) -> str:
+  """The end-of-run table, then how to evaluate the run and how to fine-tune from it.
+
+  Args:
+    summary: what `summarize_run` returned.
+    best_checkpoint_path: the best checkpoint's directory; None, "" or
+      "none" where the run saved none.
+    workdir: the run directory, as the user should type it in the hints.
+  """
+  what = " on ".join(str(summary[k]) for k in ("model", "dataset") if summary.get(k))
+  title = f"Run summary: {what} ({workdir})" if what else f"Run summary ({workdir})"
+  epochs = f"{summary['epochs_completed']:.2f}"
+  if summary.get("num_epochs"):
+    epochs += f" of {summary['num_epochs']:g}"
+  if summary.get("final_eval_accuracy") is None:
+    final_row = best_row = "- (no evaluation in metrics.jsonl)"
+  else:
+    loss = summary.get("final_eval_loss")
+    final_row = (f"{100 * summary['final_eval_accuracy']:.2f}%  (step {summary['final_eval_step']:,}"
+                 + (f", loss {loss:.4f})" if loss is not None else ")"))
+    best_row = f"{100 * summary['best_eval_accuracy']:.2f}%  (step {summary['best_eval_step']:,})"
+  has_checkpoint = best_checkpoint_path and best_checkpoint_path != "none"
+  wall_time, speed = summary.get("wall_time_s"), summary.get("mean_images_per_second")
+  rows = [
+      ("epochs completed", epochs),
+      ("steps", f"{summary['steps_completed']:,}"),
+      ("final eval accuracy", final_row),
+      ("best eval accuracy", best_row),
+      ("best checkpoint", best_checkpoint_path if has_checkpoint else "- (none saved)"),
+      ("wall time", format_duration(wall_time) if wall_time is not None else "- (not logged)"),
+      ("mean images/s", f"{speed:,.0f}" if speed is not None else "- (no train lines)"),
+  ]
+  width = max(len(label) for label, _ in rows)
+  lines = [title] + [f"  {label:<{width}}  {value}" for label, value in rows]
+  quoted = shlex.quote(workdir)
+  lines.append(f"Evaluate:  python -m resnet_jax.main --workdir={quoted} --mode=eval")
+  lines.append(f"Fine-tune: python -m resnet_jax.main --config=configs/CONFIG.py "
+               f"--config.init_checkpoint={quoted} --workdir=NEW_WORKDIR")
+  return "\n".join(lines)

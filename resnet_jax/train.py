@@ -66,16 +66,22 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> models.
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
                            num_train_steps: int) -> optax.Schedule:
-  """Linear warmup from 0, then cosine decay to 0 (or a constant rate)."""
+  """Linear warmup, then cosine decay to 0 (or a constant rate).
+
+  Warmup starts at learning_rate / warmup_steps rather than 0, so that the
+  first step already trains.
+  """
+  lr = config.learning_rate
   warmup_steps = min(int(config.warmup_epochs * steps_per_epoch), num_train_steps)
+  start = lr / warmup_steps if warmup_steps else lr
   if config.lr_schedule == "constant":
     if not warmup_steps:
-      return optax.constant_schedule(config.learning_rate)
+      return optax.constant_schedule(lr)
     return optax.join_schedules(
-        [optax.linear_schedule(0.0, config.learning_rate, warmup_steps),
-         optax.constant_schedule(config.learning_rate)], [warmup_steps])
+        [optax.linear_schedule(start, lr, warmup_steps), optax.constant_schedule(lr)],
+        [warmup_steps])
   # decay_steps counts the warmup too.
-  return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup_steps,
+  return optax.warmup_cosine_decay_schedule(start, lr, warmup_steps,
                                             max(num_train_steps, warmup_steps + 1))
 
 

@@ -1,0 +1,176 @@
+"""Tests for resnet_jax.predict: file reading, agreement with model.apply, the CLI."""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from resnet_jax import input_pipeline, models, predict
+from resnet_jax.checkpointing import Checkpointer
+from resnet_jax.errors import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = {
+    "model": "resnet_tiny", "stem": "cifar", "width": 8, "num_classes": 4,
+    "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3],
+    "image_size": 24,  # Differs from the 16x16 training images: predict must resize.
+    "input_shape": [16, 16, 3], "class_names": ["cat", "dog", "ship", "frog"],
+    "dataset": "test",
+}
+
+
+def _random_leaf(rng: np.random.Generator, path: tuple,
+                 shape: jax.ShapeDtypeStruct) -> np.ndarray:
+  """He-normal kernels and BN statistics near 1 and 0: outputs that vary, unsaturated."""
+  name = path[-1].key
+  if name == "kernel":
+    value = rng.normal(0, (2 / np.prod(shape.shape[:-1])) ** 0.5, shape.shape)
+  elif name in ("scale", "var"):
+    value = rng.uniform(0.5, 1.5, shape.shape)
+  else:
+    value = rng.normal(0, 0.1, shape.shape)
+  return value.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> tuple[str, dict]:
+  """A workdir with one checkpoint of a random tiny model, as the trainer writes it."""
+  model = models.create_model(CONFIG["model"], CONFIG["num_classes"], CONFIG["stem"],
+                              CONFIG["width"])
+  # Shapes only: compiling the real initialisers takes XLA on CPU half a minute.
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                          jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32))
+  variables = jax.tree_util.tree_map_with_path(
+      functools.partial(_random_leaf, np.random.default_rng(0)), shapes)
+  workdir = str(tmp_path_factory.mktemp("workdir"))
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
+  checkpointer.save(0, variables, CONFIG, force=True)
+  checkpointer.close()
+  return workdir, variables
+
+
+def _direct_probabilities(variables: dict, images_BHWC: np.ndarray) -> np.ndarray:
+  """Softmax of model.apply on uint8 images at the training resolution."""
+  model = models.create_model(CONFIG["model"], CONFIG["num_classes"], CONFIG["stem"],
+                              CONFIG["width"])
+  x = input_pipeline.preprocess(images_BHWC, CONFIG["mean"], CONFIG["std"],
+                                CONFIG["image_size"])
+  return np.asarray(jax.nn.softmax(model.apply(variables, x, train=False), axis=-1))
+
+
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory) -> dict[str, str]:
+  folder = tmp_path_factory.mktemp("images")
+  rng = np.random.default_rng(1)
+  paths = {name: str(folder / name) for name in (
+      "rgb.npy", "gray_float.npy", "big.png", "rgba.png", "corrupt.png")}
+  np.save(paths["rgb.npy"], rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+  np.save(paths["gray_float.npy"], rng.uniform(0, 1, (16, 16)))
+  # A smooth 32x48 picture: halved to 16x24 and center-cropped, it should be its own 2x2 mean.
+  y, x = np.mgrid[0:32, 0:48]
+  big = np.stack([4 * y, 5 * x, 240 - 2 * x - 3 * y], axis=-1).astype(np.uint8)
+  Image.fromarray(big).save(paths["big.png"])
+  Image.fromarray(rng.integers(0, 256, (20, 20, 4), dtype=np.uint8), "RGBA").save(paths["rgba.png"])
+  with open(paths["big.png"], "rb") as f:
+    png = f.read()
+  with open(paths["corrupt.png"], "wb") as f:
+    f.write(png[:len(png) // 2])  # A valid header, then nothing: fails on decode.
+  return paths
+
+
+def test_read_image_scales_the_shorter_side_and_crops_the_center(image_files):
+  image = predict.read_image(image_files["big.png"], (16, 16, 3))
+  assert image.shape == (16, 16, 3) and image.dtype == np.uint8
+  y, x = np.mgrid[0:32, 0:48]
+  big = np.stack([4 * y, 5 * x, 240 - 2 * x - 3 * y], axis=-1).astype(np.float64)
+  halved = big.reshape(16, 2, 24, 2, 3).mean(axis=(1, 3))
+  # Interior pixels are exact for a linear picture; the top and bottom rows feel the edge.
+  np.testing.assert_allclose(image[1:-1], halved[1:-1, 4:20], atol=1.0)
+  gray = predict.read_image(image_files["gray_float.npy"], (16, 16, 1))
+  expected = np.round(np.load(image_files["gray_float.npy"]) * 255)
+  np.testing.assert_array_equal(gray[..., 0], expected)
+
+
+def test_bad_arrays_are_refused_with_the_file_named(tmp_path):
+  path = str(tmp_path / "too_bright.npy")
+  np.save(path, np.full((16, 16, 3), 2.0))
+  with pytest.raises(UserError, match=r"too_bright\.npy: float arrays must hold values in"):
+    predict.read_image(path, (16, 16, 3))
+
+
+def _check_predictions(result: dict, top_k: int) -> None:
+  probabilities = [p["probability"] for p in result["predictions"]]
+  assert len(probabilities) == top_k
+  assert probabilities == sorted(probabilities, reverse=True)
+  assert sum(probabilities) <= 1 + 1e-6
+  for p in result["predictions"]:
+    assert p["class"] == CONFIG["class_names"][p["index"]]
+
+
+def test_classify_files_agrees_with_model_apply(checkpoint, image_files):
+  workdir, variables = checkpoint
+  files = [image_files[n] for n in ("rgb.npy", "corrupt.png", "gray_float.npy", "big.png")]
+  results = predict.classify_files(predict.load_predictor(workdir), files, top_k=3)
+  assert [r["file"] for r in results] == files
+
+  assert image_files["corrupt.png"] in results[1]["error"]
+  assert results[1]["predictions"] == []
+  gray = np.round(np.load(image_files["gray_float.npy"]) * 255).astype(np.uint8)
+  inputs = np.stack([
+      np.load(image_files["rgb.npy"]),
+      np.repeat(gray[..., None], 3, axis=-1),
+      predict.read_image(image_files["big.png"], (16, 16, 3)),
+  ])
+  expected = _direct_probabilities(variables, inputs)
+  # The random model must tell these images apart, or agreement would prove little.
+  assert np.abs(expected - expected[0]).max() > 1e-3
+  for result, row in zip([results[0], results[2], results[3]], expected):
+    assert "error" not in result
+    _check_predictions(result, top_k=3)
+    order = np.argsort(-row)[:3]
+    assert [p["index"] for p in result["predictions"]] == order.tolist()
+    np.testing.assert_allclose([p["probability"] for p in result["predictions"]], row[order],
+                               rtol=1e-5, atol=1e-6)
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  return subprocess.run([sys.executable, "-m", "resnet_jax.predict", *args], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_classifies_readable_files_and_exits_1_on_a_corrupt_one(checkpoint, image_files,
+                                                                     tmp_path):
+  workdir, _ = checkpoint
+  output = tmp_path / "preds.json"
+  files = [image_files[n] for n in ("rgb.npy", "corrupt.png", "rgba.png")]
+  result = _run_cli(f"--workdir={workdir}", "--top_k=2", f"--output={output}", *files)
+  assert result.returncode == 1, result.stderr
+  assert f"error: {image_files['corrupt.png']}: cannot read it as an image" in result.stderr
+  assert "Traceback" not in result.stderr
+  written = json.loads(output.read_text())
+  assert [r["file"] for r in written] == files
+  in_process = predict.classify_files(predict.load_predictor(workdir), files, top_k=2)
+  for from_cli, expected in zip([written[0], written[2]], [in_process[0], in_process[2]]):
+    _check_predictions(from_cli, top_k=2)
+    assert from_cli["predictions"][0]["class"] in result.stdout
+    assert [p["index"] for p in from_cli["predictions"]] == [
+        p["index"] for p in expected["predictions"]]
+    np.testing.assert_allclose([p["probability"] for p in from_cli["predictions"]],
+                               [p["probability"] for p in expected["predictions"]], rtol=1e-5)
+  assert "cannot read it as an image" in written[1]["error"]
+
+
+def test_cli_missing_checkpoint_is_one_line_and_exit_2(tmp_path, image_files):
+  result = _run_cli(f"--workdir={tmp_path / 'absent'}", image_files["rgb.npy"])
+  assert result.returncode == 2
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1 and "does not exist" in errors[0]
+  assert "Traceback" not in result.stderr

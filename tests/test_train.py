@@ -1,0 +1,128 @@
+"""The compiled train and eval steps, the schedule and the optimiser."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import traverse_util
+
+from resnet_jax import train
+from tests.conftest import tiny_config
+
+NUM_EXAMPLES = 64
+
+
+def synthetic_data(n=NUM_EXAMPLES, seed=0, size=16):
+  rng = np.random.default_rng(seed)
+  return {"image": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+          "label": rng.integers(0, 10, (n,), dtype=np.int32)}
+
+
+def setup(config, size=16, n=NUM_EXAMPLES):
+  mesh = train.create_mesh()
+  steps_per_epoch = n // config.batch_size
+  schedule = train.learning_rate_schedule(config, steps_per_epoch, 4 * steps_per_epoch)
+  model = train.create_model(config, 10)
+  state = train.create_train_state(config, model, (size, size, 3), schedule, mesh)
+  step = train.compile_train_step(config, mesh, schedule, (0.5,) * 3, (0.25,) * 3, n)
+  data = {k: train.put_replicated(v, mesh) for k, v in synthetic_data(n, size=size).items()}
+  return state, step, data, mesh
+
+
+def copy(tree):
+  return jax.tree.map(np.array, jax.device_get(tree))
+
+
+def test_one_step_changes_params_and_batch_stats():
+  state, step, data, _ = setup(tiny_config())
+  before = copy({"params": state.params, "batch_stats": state.batch_stats})
+  state, metrics = step(state, data)
+  after = copy({"params": state.params, "batch_stats": state.batch_stats})
+  assert np.isfinite(float(metrics["train_loss"]))
+  for name in ("params", "batch_stats"):
+    changed = jax.tree.leaves(jax.tree.map(lambda a, b: not np.array_equal(a, b),
+                                           before[name], after[name]))
+    assert all(changed), f"some {name} did not change"
+  assert int(state.step) == 1
+
+
+# Update when the model, the initialisation, the pipeline or the data generator
+# changes on purpose: rerun this test and copy the value it reports.
+GOLDEN_FIRST_STEP_LOSS = None
+
+
+def test_golden_first_step_loss():
+  state, step, data, _ = setup(tiny_config(seed=42))
+  _, metrics = step(state, data)
+  loss = float(metrics["train_loss"])
+  assert loss == pytest.approx(GOLDEN_FIRST_STEP_LOSS, rel=1e-5), (
+      f"first-step loss is {loss!r}; if the change to the model, init, pipeline or "
+      "data was intended, set GOLDEN_FIRST_STEP_LOSS to it")
+
+
+def test_eval_counts_every_example_once():
+  config = tiny_config()
+  n, batch = 37, 16  # 3 batches, the last holding 5 real examples.
+  state, _, _, mesh = setup(config)
+  raw = synthetic_data(n, seed=1)
+  from resnet_jax import input_pipeline
+  images, labels, mask = input_pipeline.pad_for_eval(input_pipeline.Split(raw["image"], raw["label"]), batch)
+  data = {k: train.put_replicated(v, mesh) for k, v in (("image", images), ("label", labels), ("mask", mask))}
+  evaluate = train.compile_evaluate(config, mesh, 10, (0.5,) * 3, (0.25,) * 3, batch)
+  result = train.summarize_eval(jax.device_get(evaluate(state, data)))
+  x = input_pipeline.preprocess(raw["image"], (0.5,) * 3, (0.25,) * 3)
+  logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, x, train=False)
+  expected_correct = int(np.sum(np.argmax(logits, -1) == raw["label"]))
+  assert result["eval_count"] == n
+  assert np.sum(result["confusion_matrix"]) == n
+  assert result["eval_accuracy"] == pytest.approx(expected_correct / n)
+  expected_loss = float(optax.softmax_cross_entropy_with_integer_labels(logits, raw["label"]).mean())
+  assert result["eval_loss"] == pytest.approx(expected_loss, rel=1e-4)
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+  config = tiny_config(learning_rate=0.4, warmup_epochs=1.0)
+  schedule = train.learning_rate_schedule(config, 10, 100)
+  assert float(schedule(0)) == pytest.approx(0.04)  # lr / warmup_steps: step 0 trains.
+  assert float(schedule(5)) == pytest.approx(0.22)
+  assert float(schedule(10)) == pytest.approx(0.4)
+  assert float(schedule(55)) == pytest.approx(0.2, rel=1e-4)
+  assert float(schedule(100)) == pytest.approx(0.0, abs=1e-7)
+  constant = train.learning_rate_schedule(tiny_config(lr_schedule="constant", warmup_epochs=0.0), 10, 100)
+  assert float(constant(0)) == float(constant(99)) == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("decay_bn_and_bias", [True, False])
+def test_weight_decay_mask(decay_bn_and_bias):
+  config = tiny_config(weight_decay=0.1, decay_bn_and_bias=decay_bn_and_bias)
+  params = {"conv": {"kernel": jnp.ones((3, 3, 1, 1))}, "bn": {"scale": jnp.ones((4,))}}
+  tx = train.create_optimizer(config, optax.constant_schedule(1.0), params)
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  np.testing.assert_allclose(updates["conv"]["kernel"], -0.1)
+  np.testing.assert_allclose(updates["bn"]["scale"], -0.1 if decay_bn_and_bias else 0.0)
+
+
+def test_frozen_backbone_stays_bit_identical():
+  state, step, data, _ = setup(tiny_config(freeze_backbone=True))
+  before = copy({"params": state.params, "batch_stats": state.batch_stats})
+  for _ in range(3):
+    state, _ = step(state, data)
+  after = copy({"params": state.params, "batch_stats": state.batch_stats})
+  flat_before = traverse_util.flatten_dict(before)
+  flat_after = traverse_util.flatten_dict(after)
+  for path, value in flat_before.items():
+    if path[:2] == ("params", "fc"):
+      assert not np.array_equal(value, flat_after[path]), f"head {path} did not train"
+    else:
+      np.testing.assert_array_equal(value, flat_after[path], err_msg=str(path))
+
+
+def test_backbone_lr_scale_scales_backbone_updates():
+  config = tiny_config(backbone_lr_scale=0.5, weight_decay=0.0)
+  params = {"fc": {"kernel": jnp.ones((2, 2))}, "conv1": {"kernel": jnp.ones((2, 2))}}
+  tx = train.create_optimizer(config, optax.constant_schedule(1.0), params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates["fc"]["kernel"], -1.0)
+  np.testing.assert_allclose(updates["conv1"]["kernel"], -0.5)
