@@ -36,7 +36,8 @@ class Checkpointer:
     ])
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy, enable_async_checkpointing=True,
-        cleanup_tmp_directories=not read_only, read_only=read_only, create=not read_only)
+        cleanup_tmp_directories=not read_only, read_only=read_only, create=not read_only,
+        save_interval_steps=0 if read_only else 1)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "config"))
 

@@ -383,8 +383,10 @@ def main(argv: Sequence[str]) -> None:
   output = os.path.abspath(FLAGS.output)
   print(f"wrote {arch.model} (stem={arch.stem}, width={arch.width}, "
         f"{arch.num_classes} classes) to {output}")
+  # The trainer merges strictly, so the hint names the architecture the weights need.
   print("fine-tune from it with:\n"
-        f"  python -m resnet_jax.main --config=configs/finetune.py "
+        f"  python -m resnet_jax.main --config=configs/resnet18.py --config.model={arch.model} "
+        f"--config.stem={arch.stem} --config.width={arch.width} "
         f"--config.init_checkpoint={output} --workdir=runs/finetune")
   print(f"or classify images with:\n  python -m resnet_jax.predict --workdir={output} IMAGE...")
 

@@ -107,8 +107,14 @@ def _prepare(builder, dataset: str, data_dir: str, manual_dir: str) -> None:
     if not os.path.isdir(manual_dir):
       raise UserError(f"manual_dir {manual_dir} does not exist: pass the folder that "
                       f"holds {dataset}'s original archives")
-  elif not _network_reachable():
+  online = _network_reachable()
+  if not manual_dir and not online:
     raise UserError(_offline_message(dataset, data_dir))
+  if not online:
+    # TFDS retries a failed download 10 times with backoff (minutes); offline,
+    # an archive missing from manual_dir should fail at once instead.
+    from tensorflow_datasets.core.download import downloader
+    downloader.MAX_RETRIES = 0
   download_config = tfds.download.DownloadConfig(
       manual_dir=manual_dir or None, try_download_gcs=not manual_dir)
   try:

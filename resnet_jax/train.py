@@ -57,6 +57,13 @@ def compute_dtype(config: ml_collections.ConfigDict):
   return jnp.bfloat16 if config.half_precision else jnp.float32
 
 
+def model_input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  """(H, W, C) the model sees: the dataset's images, resized when image_size is set."""
+  height, width, channels = config.input_shape
+  size = config.image_size
+  return (size or height, size or width, channels)
+
+
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> models.ResNet:
   return models.create_model(config.model, num_classes, stem=config.stem, width=config.width,
                              dtype=compute_dtype(config),

@@ -98,7 +98,7 @@ class Run:
                                                  self.num_train_steps)
     self.model = train.create_model(config, self.dataset.num_classes)
     init_variables = self._load_init_checkpoint() if config.init_checkpoint else None
-    self.state = train.create_train_state(config, self.model, tuple(config.input_shape),
+    self.state = train.create_train_state(config, self.model, train.model_input_shape(config),
                                           self.schedule, self.mesh, init_variables)
     self.train_step = train.compile_train_step(config, self.mesh, self.schedule,
                                                self.dataset.mean, self.dataset.std,
@@ -123,7 +123,7 @@ class Run:
     config, model = self.config, self.model
     variables, _, step = checkpointing.load_variables(config.init_checkpoint)
     fresh = jax.jit(lambda: model.init(jax.random.key(config.seed), np.zeros(
-        (1, *config.input_shape), np.float32), train=False))()
+        (1, *train.model_input_shape(config)), np.float32), train=False))()
     params, head_reset = pretrained.merge(fresh["params"], variables["params"],
                                           config.init_checkpoint)
     batch_stats, _ = pretrained.merge(fresh.get("batch_stats", {}), variables["batch_stats"],
@@ -246,9 +246,7 @@ def resolve(config: ml_collections.ConfigDict, dataset: input_pipeline.Dataset) 
     config.num_classes = dataset.num_classes
     config.mean, config.std = tuple(dataset.mean), tuple(dataset.std)
     config.class_names = list(dataset.class_names)
-    height, width, channels = dataset.train.images.shape[1:]
-    size = config.image_size
-    config.input_shape = (size or height, size or width, channels)
+    config.input_shape = tuple(dataset.train.images.shape[1:])  # Native H, W, C.
     config.eval_batch_size = config.eval_batch_size or config.batch_size
   return config
 
