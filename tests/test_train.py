@@ -49,14 +49,14 @@ def test_one_step_changes_params_and_batch_stats():
 
 # Update when the model, the initialisation, the pipeline or the data generator
 # changes on purpose: rerun this test and copy the value it reports.
-GOLDEN_FIRST_STEP_LOSS = None
+GOLDEN_FIRST_STEP_LOSS = 2.773571491241455
 
 
 def test_golden_first_step_loss():
   state, step, data, _ = setup(tiny_config(seed=42))
   _, metrics = step(state, data)
   loss = float(metrics["train_loss"])
-  assert loss == pytest.approx(GOLDEN_FIRST_STEP_LOSS, rel=1e-5), (
+  assert loss == pytest.approx(GOLDEN_FIRST_STEP_LOSS, rel=1e-4), (
       f"first-step loss is {loss!r}; if the change to the model, init, pipeline or "
       "data was intended, set GOLDEN_FIRST_STEP_LOSS to it")
 
