@@ -282,6 +282,6 @@ def format_summary(summary: Mapping[str, Any], best_checkpoint_path: str | None,
   lines = [title] + [f"  {label:<{width}}  {value}" for label, value in rows]
   quoted = shlex.quote(workdir)
   lines.append(f"Evaluate:  python -m resnet_jax.main --workdir={quoted} --mode=eval")
-  lines.append(f"Fine-tune: python -m resnet_jax.main --config=configs/CONFIG.py "
+  lines.append(f"Fine-tune: python -m resnet_jax.main --config=configs/finetune.py "
                f"--config.init_checkpoint={quoted} --workdir=NEW_WORKDIR")
   return "\n".join(lines)

@@ -222,7 +222,9 @@ class Run:
           raise SystemExit(143 if stop.signal_name == "SIGTERM" else 130)
     progress.close()
     self.checkpointer.wait()
-    return {"step": self.num_train_steps, "eval": last_eval, "wall_time_s": time.time() - started}
+    best_step = self.checkpointer.best_step()
+    return {"step": self.num_train_steps, "eval": last_eval, "wall_time_s": time.time() - started,
+            "best_checkpoint": os.path.join(self.checkpointer.directory, str(best_step))}
 
   def _log_eval(self, step: int, metrics: dict, wall_time_s: float) -> None:
     epoch = step / self.steps_per_epoch
@@ -263,8 +265,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: b
 
 def final_summary(workdir: str, result: dict) -> str:
   """The end-of-run table: accuracy, time, throughput and where the best checkpoint is."""
-  summary = reporting.summarize_run(workdir)
-  best = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir), read_only=True)
-  best_step = best.best_step()
-  path = os.path.join(best.directory, str(best_step)) if best_step is not None else "none"
-  return reporting.format_summary(summary, path, workdir)
+  return reporting.format_summary(reporting.summarize_run(workdir), result["best_checkpoint"],
+                                  workdir)
