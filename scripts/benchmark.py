@@ -6,10 +6,12 @@ Data are synthetic uint8 images held on the device, augmented there in both
 frameworks (gather, pad-and-crop, flip, normalise), so the comparison is like
 for like. JAX rows: the full compiled step of `train.compile_train_step`; the
 bare `train.train_step` on a preprocessed batch; and the trainer's host loop
-(metrics left on device, read every `--log_every` steps). PyTorch rows run in
-a child process, before JAX touches the device, so that JAX's GPU memory
-preallocation cannot starve them. Prints a table, then one JSON line, last.
-Measured figures: docs/benchmark_notes.md.
+(metrics left on device, read every `--log_every` steps; use --steps well
+above it). PyTorch rows run in a child process, before JAX touches the
+device, so that JAX's GPU memory preallocation cannot starve them, and a
+crash or a --torch_timeout there keeps the variants already done. Prints a
+table, then one JSON line, last. Measured: docs/benchmarks.md (H100),
+docs/benchmark_notes.md (CPU).
 """
 
 import argparse
@@ -55,9 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                       "PyTorch's TF32 off")
   p.add_argument("--log_every", type=int, default=0, help="host-loop log interval; 0: config's")
   p.add_argument("--init", default="host", choices=("host", "model"),
-                 help="host: random variables made with numpy and passed to "
-                      "create_train_state (XLA:CPU takes minutes to compile the model's "
-                      "threefry initialisers); model: the model's own initialisers")
+                 help="host: Kaiming-normal variables made with numpy and passed to "
+                      "create_train_state (under a second; XLA:CPU takes seconds to a minute "
+                      "to compile the model's threefry initialisers); model: the model's own")
   p.add_argument("--peak_flops", type=float, default=0.0, help="device peak FLOP/s for MFU")
   p.add_argument("--no_torch", action="store_true")
   p.add_argument("--torch_compile", action=argparse.BooleanOptionalAction, default=None,
@@ -134,7 +136,7 @@ def cost_flops(jitted, *args) -> float:
 
 def run_jax(args) -> dict:
   import jax
-  from resnet_jax import input_pipeline, train
+  from resnet_jax import flops, input_pipeline, train
   if args.matmul_precision:
     jax.config.update("jax_default_matmul_precision", args.matmul_precision)
   config = jax_config(args)
@@ -212,6 +214,7 @@ def run_jax(args) -> dict:
 
   out["loop_seconds_per_step"] = median_seconds_per_step(loop, args.steps, args.repeats)
   out["log_every"] = log_every
+  out["formula_flops_per_image"] = flops.train_flops_per_image(model, image_shape)
   stats = jax.local_devices()[0].memory_stats()
   out["peak_memory_bytes"] = stats.get("peak_bytes_in_use") if stats else None
   device = jax.devices()[0]
@@ -348,7 +351,14 @@ def run_torch_worker(args) -> None:
   device = torch.device("cuda" if cuda else "cpu")
   if cuda:
     torch.backends.cudnn.benchmark = True  # As XLA autotunes its convolutions.
-    torch.backends.cudnn.allow_tf32 = args.matmul_precision.lower() not in FULL_FP32
+  # TF32 for float32 convolutions and matmuls, as XLA's DEFAULT precision on GPU, unless
+  # --matmul_precision asks for full float32.
+  tf32 = args.matmul_precision.lower() not in FULL_FP32
+  if hasattr(torch.backends.cudnn, "conv"):  # torch >= 2.9; the allow_tf32 flags are deprecated.
+    torch.backends.cudnn.conv.fp32_precision = "tf32" if tf32 else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = "tf32" if tf32 else "ieee"
+  else:
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
   torch.manual_seed(0)
   images, labels = synthetic_data(args)
   images = torch.from_numpy(images).to(device)
@@ -357,6 +367,12 @@ def run_torch_worker(args) -> None:
 
   for name, channels_last, amp, compiled in torch_variants(args, cuda):
     result = {"variant": name, "precision": "bf16" if amp else "fp32"}
+    if channels_last and not cuda and args.width < 8:
+      # torch 2.13 CPU: the backward of a channels_last 1x1 stride-2 convolution with 4
+      # input channels corrupts the heap (abort with 1 thread, hang with 2).
+      result["error"] = "skipped: torch CPU channels_last crashes for width < 8"
+      print(json.dumps(result), flush=True)
+      continue
     try:
       net = torch_resnet(args.model, args.stem, args.width, NUM_CLASSES).to(device)
       if channels_last:
@@ -398,7 +414,7 @@ def run_torch_worker(args) -> None:
       torch.cuda.empty_cache()
   name = torch.cuda.get_device_name() if cuda else "cpu"
   print(json.dumps({"torch_device": name, "torch_version": torch.__version__,
-                    "torch_threads": torch.get_num_threads(),
+                    "torch_threads": torch.get_num_threads(), "torch_tf32": tf32,
                     "imported_tensorflow": imported_tensorflow()}), flush=True)
 
 
@@ -435,56 +451,46 @@ def run_torch(args, argv) -> tuple[dict, dict, str | None]:
 
 
 def format_table(rows: list[dict]) -> str:
-  def num(value, fmt):
-    return "n/a" if value is None else format(value, fmt)
+  """A plain-text table; a row with an error carries it after the table's columns."""
 
-  header = ("variant", "images/s", "step ms", "compile s", "peak mem", "GFLOP/img", "MFU")
-  lines = [[r["name"], num(r.get("images_per_second"), ".1f"), num(r.get("step_ms"), ".2f"),
-            num(r.get("compile_seconds"), ".1f"),
-            num(r["peak_memory_bytes"] / 2**30 if r.get("peak_memory_bytes") else None, ".2f")
-            + (" GiB" if r.get("peak_memory_bytes") else ""),
-            num(r["flops_per_image"] / 1e9 if r.get("flops_per_image") else None, ".3f"),
-            num(r["mfu"] * 100 if r.get("mfu") is not None else None, ".1f")
-            + ("%" if r.get("mfu") is not None else "")] if "error" not in r
-           else [r["name"], "error: " + r["error"], "", "", "", "", ""] for r in rows]
-  widths = [max(len(str(x)) for x in column) for column in zip(header, *lines)]
-  fmt = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
-  return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines)])
+  def num(value, fmt, unit=""):
+    return "n/a" if value is None else format(value, fmt) + unit
+
+  def cells(r):
+    if "error" in r:
+      return [r["name"], "-", "", "", "", "", ""]
+    memory, flops, mfu = r.get("peak_memory_bytes"), r.get("flops_per_image"), r.get("mfu")
+    return [r["name"], num(r.get("images_per_second"), ".1f"), num(r.get("step_ms"), ".2f"),
+            num(r.get("compile_seconds"), ".1f"), num(memory and memory / 2**30, ".2f", " GiB"),
+            num(flops and flops / 1e9, ".4g"), num(None if mfu is None else 100 * mfu, ".1f", "%")]
+
+  header = ["variant", "images/s", "step ms", "compile s", "peak mem", "GFLOP/img", "MFU"]
+  lines = [cells(r) for r in rows]
+  widths = [max(len(x) for x in column) for column in zip(header, *lines)]
+  fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+  body = [fmt(line) + (f"  ({r['error']})" if "error" in r else "") for line, r in zip(lines, rows)]
+  return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *body])
 
 
-def main(argv=None) -> None:
-  argv = sys.argv[1:] if argv is None else argv
-  args = parse_args(argv)
-  if args.torch_worker:
-    run_torch_worker(args)
-    return
-  # PyTorch first: JAX has not yet initialised (and preallocated) the device.
-  torch_results, torch_facts, torch_skipped = run_torch(args, argv)
-  jax_out = run_jax(args)
+def summarize(args, jax_out: dict, torch_results: dict, torch_facts: dict,
+              torch_skipped: str | None) -> tuple[list[dict], str, dict]:
+  """The table rows, the notes under the table, and the JSON result."""
   batch_size = args.batch_size
-  ips = lambda seconds: batch_size / seconds
-  full, bare, loop = (ips(jax_out[f"{k}_seconds_per_step"]) for k in ("full", "bare", "loop"))
-  flops_per_image = jax_out["bare_flops"] / batch_size or None
+  full, bare, loop = (batch_size / jax_out[f"{k}_seconds_per_step"] for k in ("full", "bare", "loop"))
+  # The formula's count: XLA's GPU cost analysis does not see inside cuDNN convolutions.
+  flops_per_image = jax_out["formula_flops_per_image"] or None
   peak, peak_source = peak_flops(args, jax_out)
-  mfu = lambda images_per_second, flops: (flops * images_per_second / peak
-                                          if peak and flops and images_per_second else None)
-
-  rows = [dict(name="jax full step (gather+augment+train)", images_per_second=full,
-               step_ms=1e3 * jax_out["full_seconds_per_step"],
-               compile_seconds=jax_out["full_compile_seconds"],
-               peak_memory_bytes=jax_out["peak_memory_bytes"],
-               flops_per_image=jax_out["full_flops"] / batch_size,
-               mfu=mfu(full, jax_out["full_flops"] / batch_size)),
-          dict(name="jax bare train_step", images_per_second=bare,
-               step_ms=1e3 * jax_out["bare_seconds_per_step"],
-               compile_seconds=jax_out["bare_compile_seconds"],
-               peak_memory_bytes=jax_out["peak_memory_bytes"], flops_per_image=flops_per_image,
-               mfu=mfu(bare, flops_per_image)),
-          dict(name=f"jax training loop (log every {jax_out['log_every']})", images_per_second=loop,
-               step_ms=1e3 * jax_out["loop_seconds_per_step"],
-               peak_memory_bytes=jax_out["peak_memory_bytes"],
-               flops_per_image=jax_out["full_flops"] / batch_size,
-               mfu=mfu(loop, jax_out["full_flops"] / batch_size))]
+  mfu = lambda images_per_second, per_image: (per_image * images_per_second / peak
+                                              if peak and per_image and images_per_second else None)
+  jax_row = lambda name, kind, images_per_second: dict(
+      name=name, images_per_second=images_per_second,
+      step_ms=1e3 * jax_out[f"{kind}_seconds_per_step"],
+      compile_seconds=jax_out.get(f"{kind}_compile_seconds"),
+      peak_memory_bytes=jax_out["peak_memory_bytes"], flops_per_image=flops_per_image,
+      mfu=mfu(images_per_second, flops_per_image))
+  rows = [jax_row("jax full step (gather+augment+train)", "full", full),
+          jax_row("jax bare train_step", "bare", bare),
+          jax_row(f"jax training loop (log every {jax_out['log_every']})", "loop", loop)]
   counted = {}
   for name, result in torch_results.items():
     result["counted"] = result["precision"] == args.precision and "error" not in result
@@ -497,18 +503,17 @@ def main(argv=None) -> None:
   best = max(counted, key=counted.get) if counted else None
   torch_ips = counted[best] if best else None
   if torch_results and not counted and torch_skipped is None:
-    torch_skipped = "every PyTorch variant failed"
+    torch_skipped = "no PyTorch variant at this precision ran"
 
-  print(f"device: {jax_out['device']}; torch: {torch_facts.get('torch_device', 'n/a')}; "
-        f"{args.model} width {args.width} {args.stem} stem {args.image_size}px, "
-        f"batch {batch_size}, {args.precision}; median of {args.repeats} x {args.steps} steps")
-  print(format_table(rows))
-  print(f"FLOPs/img: XLA cost_analysis of the compiled program / batch size (forward + backward "
-        f"+ SGD update; the full step adds the input pipeline). MFU peak: "
-        f"{f'{peak:.3g} FLOP/s, ' if peak else ''}{peak_source}. JAX peak mem is the process "
-        f"peak over all JAX rows (memory_stats; n/a on CPU). Torch compile s = first step.")
+  xla = jax_out["bare_flops"] / batch_size
+  notes = (f"FLOPs/img: by formula (resnet_jax/flops.py: 2 per multiply-add of convolutions and "
+           f"dense layers, training = 3x forward), the same for every row; XLA's cost analysis of "
+           f"the bare step says {xla / 1e9:.4g} GFLOP/img (on GPU it misses cuDNN convolutions). "
+           f"MFU peak: {f'{peak:.3g} FLOP/s, ' if peak else ''}{peak_source}. "
+           f"JAX peak mem is the process peak over all JAX rows (memory_stats; n/a on CPU). "
+           f"Torch compile s = first step.")
   if torch_skipped:
-    print(f"PyTorch: {torch_skipped}")
+    notes += f"\nPyTorch: {torch_skipped}"
   result = {
       "jax_images_per_second": full, "torch_images_per_second": torch_ips,
       "ratio": full / torch_ips if torch_ips else None, "torch_best_variant": best,
@@ -516,9 +521,9 @@ def main(argv=None) -> None:
       "model": args.model, "width": args.width, "stem": args.stem, "image_size": args.image_size,
       "batch_size": batch_size, "steps": args.steps, "repeats": args.repeats,
       "precision": args.precision, "matmul_precision": jax_out["matmul_precision"],
-      "flops_per_image": flops_per_image, "full_step_flops_per_image": jax_out["full_flops"] / batch_size,
-      "flops_source": "xla_cost_analysis", "peak_flops": peak, "peak_flops_source": peak_source,
-      "mfu": mfu(full, jax_out["full_flops"] / batch_size),
+      "flops_per_image": flops_per_image, "flops_source": "formula (resnet_jax.flops)",
+      "xla_cost_flops_per_image": {k: jax_out[f"{k}_flops"] / batch_size for k in ("full", "bare")},
+      "peak_flops": peak, "peak_flops_source": peak_source, "mfu": mfu(full, flops_per_image),
       "bare_step_images_per_second": bare, "full_to_bare_ratio": full / bare,
       "loop_images_per_second": loop, "loop_to_bare_ratio": loop / bare,
       "loop_to_full_ratio": loop / full, "log_every": jax_out["log_every"],
@@ -529,9 +534,28 @@ def main(argv=None) -> None:
       "compiled_memory_bytes": jax_out.get("compiled_memory_bytes"),
       "torch_variants": torch_results, "torch_skipped_reason": torch_skipped,
       "jax_version": jax_out["jax_version"], "torch_version": torch_facts.get("torch_version"),
+      "torch_tf32": torch_facts.get("torch_tf32"),
       "imported_tensorflow": imported_tensorflow() or bool(torch_facts.get("imported_tensorflow")),
   }
-  print(json.dumps(result), flush=True)
+  return rows, notes, result
+
+
+def main(argv=None) -> None:
+  argv = sys.argv[1:] if argv is None else argv
+  args = parse_args(argv)
+  if args.torch_worker:
+    run_torch_worker(args)
+    return
+  # PyTorch first: JAX has not yet initialised (and preallocated) the device.
+  torch_results, torch_facts, torch_skipped = run_torch(args, argv)
+  jax_out = run_jax(args)
+  rows, notes, result = summarize(args, jax_out, torch_results, torch_facts, torch_skipped)
+  print(f"device: {jax_out['device']}; torch: {torch_facts.get('torch_device', 'n/a')}; "
+        f"{args.model} width {args.width} {args.stem} stem {args.image_size}px, "
+        f"batch {args.batch_size}, {args.precision}; median of {args.repeats} x {args.steps} steps")
+  print(format_table(rows))
+  print(notes)
+  print(json.dumps(result), flush=True)  # Last line: the machine-readable result.
 
 
 if __name__ == "__main__":
