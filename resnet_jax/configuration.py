@@ -25,7 +25,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.width <= 0:
     raise UserError(f"width must be positive, got {config.width}: set --config.width=64")
   if config.batch_size <= 0:
-    raise UserError(f"batch_size must be positive, got {config.batch_size}")
+    raise UserError(f"batch_size must be positive, got {config.batch_size}: set "
+                    "--config.batch_size to a multiple of the device count, such as 128")
   devices = jax.device_count()
   for name in ("batch_size", "eval_batch_size"):
     value = config[name]
@@ -35,9 +36,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.eval_batch_size < 0:
     raise UserError(f"eval_batch_size must be positive (or 0 for batch_size), got {config.eval_batch_size}")
   if config.num_epochs < 0:
-    raise UserError(f"num_epochs must not be negative, got {config.num_epochs}")
+    raise UserError(f"num_epochs must not be negative, got {config.num_epochs}: set "
+                    "--config.num_epochs above 0 (or --config.num_train_steps instead)")
   if config.num_train_steps < 0:
-    raise UserError(f"num_train_steps must not be negative, got {config.num_train_steps}")
+    raise UserError(f"num_train_steps must not be negative, got {config.num_train_steps}: set "
+                    "it above 0, or to 0 to train for --config.num_epochs")
   if config.num_epochs == 0 and config.num_train_steps == 0:
     raise UserError("num_epochs and num_train_steps are both 0: set one of them above 0")
   for name in ("checkpoint_every_epochs", "eval_every_epochs"):
@@ -55,6 +58,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise UserError("config.mean and config.std need the same number of values")
   if any(s <= 0 for s in config.std):
     raise UserError("config.std values must be positive")
+  if config.init_checkpoint and not os.path.exists(config.init_checkpoint):
+    raise UserError(f"init_checkpoint {config.init_checkpoint} does not exist: pass a workdir "
+                    "or a checkpoint folder written by resnet_jax")
 
 
 def read_saved(workdir: str) -> dict | None:

@@ -127,6 +127,16 @@ def _prepare(builder, dataset: str, data_dir: str, manual_dir: str) -> None:
     raise UserError(f"could not prepare {dataset!r} ({first_line}): {hint}") from None
 
 
+def _check_split_syntax(dataset: str, split: str) -> None:
+  """Refuses a malformed split string before anything is downloaded (mock data accepts any)."""
+  import tensorflow_datasets as tfds
+  try:
+    tfds.core.ReadInstruction.from_spec(split)
+  except (ValueError, AssertionError) as e:
+    raise UserError(f"split {split!r} of {dataset} is not valid ({str(e).splitlines()[-1]}): "
+                    "use a TFDS split string such as 'train', 'test' or 'train[:10%]'")
+
+
 def _decode_split(builder, split: str) -> Split:
   import tensorflow_datasets as tfds
   try:
@@ -151,6 +161,7 @@ def load_split(dataset: str, split: str, data_dir: str = "", manual_dir: str = "
   if cached is not None:
     return cached
   builder = _tfds_builder(dataset, data_dir)
+  _check_split_syntax(dataset, split)
   features = builder.info.features
   if "image" not in features or "label" not in features:
     raise UserError(f"dataset {dataset!r} has features {sorted(features.keys())}, not 'image' "

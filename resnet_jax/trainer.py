@@ -9,11 +9,13 @@ import json
 import math
 import os
 import signal
+import tempfile
 import threading
 import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -25,18 +27,33 @@ from resnet_jax.errors import UserError
 
 
 class NonFiniteLossError(Exception):
-  """The loss became NaN or Inf; the state after it is never saved."""
+  """The loss (or the parameters) became NaN or Inf; such a state is never saved."""
+
+
+@jax.jit
+def all_finite(tree: Any) -> jax.Array:
+  """Whether every floating-point value of tree is finite, as one device boolean."""
+  checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(checks)) if checks else jnp.bool_(True)
 
 
 class StopRequested:
-  """Turns SIGTERM/SIGINT into a flag that the loop checks once per step."""
+  """Turns SIGTERM/SIGINT into a stop that the loop checks once per step.
+
+  With several processes all must stop, and save, at the same step, or each
+  waits in Orbax's save for the others forever. There SIGTERM, sent to any of
+  them, is left to jax.distributed's preemption notifier, which agrees on the
+  step; SIGINT keeps Python's default and ends the run without a save.
+  """
 
   def __init__(self):
     self.signal_name = None
     self._previous = {}
+    self._agreed = jax.process_count() > 1
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
+    if threading.current_thread() is threading.main_thread() and not self._agreed:
       for sig in (signal.SIGTERM, signal.SIGINT):
         self._previous[sig] = signal.signal(sig, self._handle)
     return self
@@ -48,9 +65,28 @@ class StopRequested:
     logging.warning("%s received: saving a checkpoint at the current step, then exiting",
                     self.signal_name)
 
+  def requested(self, step: int) -> bool:
+    """Whether to stop after `step`; every process must ask at every step."""
+    if self._agreed and self.signal_name is None:
+      from jax.experimental import multihost_utils
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.signal_name = "SIGTERM"
+        logging.warning("SIGTERM received by a process of this run: saving a checkpoint at "
+                        "step %d, then exiting", step)
+    return self.signal_name is not None
+
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+
+
+def writable(folder: str) -> bool:
+  """Whether a folder can be written, found by trying: os.access says yes to root on read-only mounts."""
+  try:
+    os.rmdir(tempfile.mkdtemp(prefix=".resnet_jax_write_test", dir=folder))
+    return True
+  except OSError:
+    return False
 
 
 def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -58,7 +94,7 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
   existing = workdir
   while not os.path.exists(existing):
     existing = os.path.dirname(existing)
-  if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+  if not os.path.isdir(existing) or not writable(existing):
     raise UserError(f"workdir {workdir} cannot be created or written ({existing} is not a "
                     "writable folder): pass a writable --workdir")
   saved = configuration.read_saved(workdir)
@@ -81,9 +117,13 @@ class Run:
     self.workdir = os.path.abspath(workdir)
     self.quiet = quiet
     self.is_lead = jax.process_index() == 0
-    if self.is_lead:
-      check_workdir(self.workdir, config)
+    # Every process, not just the lead: each writes checkpoint shards there, and a
+    # refusal on one alone would leave the others waiting on it.
+    check_workdir(self.workdir, config)
     self.mesh = train.create_mesh()
+    # Before the data: a missing or damaged init_checkpoint fails without the wait.
+    self.init_checkpoint = (checkpointing.load_variables(config.init_checkpoint)
+                            if config.init_checkpoint else None)
     self.dataset = input_pipeline.load_dataset(config)
     self.config = config = resolve(config, self.dataset)
     train_split = self.dataset.train
@@ -121,9 +161,12 @@ class Run:
   def _load_init_checkpoint(self) -> dict:
     """Variables of config.init_checkpoint fitted to this model (head re-initialised if needed)."""
     config, model = self.config, self.model
-    variables, _, step = checkpointing.load_variables(config.init_checkpoint)
-    fresh = jax.jit(lambda: model.init(jax.random.key(config.seed), np.zeros(
-        (1, *train.model_input_shape(config)), np.float32), train=False))()
+    variables, _, step = self.init_checkpoint
+    init = lambda: model.init(jax.random.key(config.seed), np.zeros(
+        (1, *train.model_input_shape(config)), np.float32), train=False)
+    # Shapes first: a checkpoint of another architecture fails before anything compiles.
+    pretrained.merge(jax.eval_shape(init)["params"], variables["params"], config.init_checkpoint)
+    fresh = jax.jit(init)()
     params, head_reset = pretrained.merge(fresh["params"], variables["params"],
                                           config.init_checkpoint)
     batch_stats, _ = pretrained.merge(fresh.get("batch_stats", {}), variables["batch_stats"],
@@ -149,8 +192,28 @@ class Run:
     step, state_dict = restored
     self.state = serialization.from_state_dict(self.state, state_dict)
     logging.info("resumed from %s at step %d", self.checkpointer.directory, step)
+    # The newer ones were damaged: moved aside, kept for a look, so that this run
+    # can save those steps again and a later resume does not meet them first.
+    if damaged := [s for s in self.checkpointer.steps() if s > step]:
+      destination = os.path.join(self.workdir, "damaged_checkpoints")
+      if self.is_lead:
+        for bad in damaged:
+          moved = self.checkpointer.move_aside(bad, destination)
+          logging.warning("damaged checkpoint %s moved to %s (delete it once you have looked "
+                          "at it); training goes on from step %d",
+                          os.path.join(self.checkpointer.directory, str(bad)), moved, step)
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("damaged checkpoints moved aside")
+        self.checkpointer.manager.reload()
 
   def save(self, step: int, eval_metrics: dict | None, force: bool = False) -> None:
+    # A finite loss can still be followed by an update to Inf: such a state is never saved.
+    if not bool(all_finite((self.state.params, self.state.batch_stats, self.state.opt_state))):
+      raise NonFiniteLossError(
+          f"the parameters became NaN or Inf at step {step}; the last saved checkpoint in "
+          f"{self.checkpointer.directory} is unchanged: lower --config.learning_rate or check "
+          "the data, then rerun to resume")
     metrics = {"eval_accuracy": eval_metrics["eval_accuracy"]} if eval_metrics else None
     self.checkpointer.save(step, self.saved_state(), configuration.to_json(self.config),
                            metrics, force=force)
@@ -180,11 +243,11 @@ class Run:
       if not pending:
         return
       values = jax.device_get(pending)
-      first = step - len(values) + 1
+      first = step - len(values) + 1  # Loop index of values[0]; its step number is one more.
       for offset, record in enumerate(values):
         if not math.isfinite(float(record["train_loss"])):
           raise NonFiniteLossError(
-              f"loss became {float(record['train_loss'])} at step {first + offset}; the last "
+              f"loss became {float(record['train_loss'])} at step {first + offset + 1}; the last "
               f"saved checkpoint in {self.checkpointer.directory} is unchanged: lower "
               "--config.learning_rate or check the data, then rerun to resume")
       now = time.time()
@@ -211,13 +274,15 @@ class Run:
         if (step + 1) % checkpoint_every == 0 or done:
           flush(step)  # Never save a state whose losses were not checked.
           self.save(step + 1, last_eval if (step + 1) % eval_every == 0 or done else None)
-        if stop.signal_name:
+        if stop.requested(step + 1):
           flush(step)
-          self.save(step + 1, None, force=True)
+          if self.checkpointer.latest_step() != step + 1:  # Not just saved on schedule.
+            self.save(step + 1, None, force=True)
           self.checkpointer.wait()
           progress.close()
-          logging.warning("stopped by %s; checkpoint of step %d saved in %s: rerun the same "
-                          "command to resume", stop.signal_name, step + 1, self.checkpointer.directory)
+          logging.warning("stopped by %s at step %d; checkpoint saved in %s: rerun the same "
+                          "command to resume", stop.signal_name, step + 1,
+                          os.path.join(self.checkpointer.directory, str(step + 1)))
           self.close()
           raise SystemExit(143 if stop.signal_name == "SIGTERM" else 130)
     progress.close()

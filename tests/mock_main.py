@@ -19,4 +19,4 @@ if __name__ == "__main__":
     else:
       argv.append(arg)
   with tfds.testing.mock_data(num_examples=num_examples):
-    app.run(main.main, argv=argv)
+    app.run(main.main, argv=argv, flags_parser=main.parse_flags)
