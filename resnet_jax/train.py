@@ -131,9 +131,16 @@ def create_train_state(config: ml_collections.ConfigDict, model: models.ResNet,
                              tx=create_optimizer(config, schedule, params),
                              frozen_backbone=config.freeze_backbone)
 
-  # It runs once, so compile it unoptimised: on CPU, XLA spent 50 s optimising
-  # the random initialisers of even resnet_tiny (5 s unoptimised).
-  return jax.jit(init, out_shardings=replicated(mesh)).lower().compile(
+  return run_once(init, out_shardings=replicated(mesh))
+
+
+def run_once(fn: Callable[[], Any], out_shardings: Any = None) -> Any:
+  """Compiles `fn` without optimisation and calls it: for programs that run once.
+
+  On CPU, XLA spent 50 s optimising the random initialisers of even
+  resnet_tiny (5 s unoptimised).
+  """
+  return jax.jit(fn, out_shardings=out_shardings).lower().compile(
       compiler_options={"xla_backend_optimization_level": 0})()
 
 

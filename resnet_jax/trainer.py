@@ -166,7 +166,7 @@ class Run:
         (1, *train.model_input_shape(config)), np.float32), train=False)
     # Shapes first: a checkpoint of another architecture fails before anything compiles.
     pretrained.merge(jax.eval_shape(init)["params"], variables["params"], config.init_checkpoint)
-    fresh = jax.jit(init)()
+    fresh = train.run_once(init)
     params, head_reset = pretrained.merge(fresh["params"], variables["params"],
                                           config.init_checkpoint)
     batch_stats, _ = pretrained.merge(fresh.get("batch_stats", {}), variables["batch_stats"],
