@@ -235,7 +235,7 @@ class Run:
     pending, last_eval = [], None
     tick_time, tick_step, started = time.time(), start, time.time()
     progress = progress_bar.Progress(self.steps_per_epoch, self.num_train_steps, start,
-                                  enabled=self.is_lead and not self.quiet)
+                                     enabled=self.is_lead and not self.quiet)
 
     def flush(step: int) -> None:
       """Reads the pending step metrics (one device sync), checks and writes them."""
