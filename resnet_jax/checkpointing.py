@@ -13,12 +13,15 @@ or missing file fails the restore, but changed bytes inside a data file
 restore silently as other numbers. The checksums catch those.
 """
 
+import gc
 import glob
 import os
 import re
 import shutil
+import sys
+import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -106,12 +109,15 @@ class Checkpointer:
         pp.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1,
                  keep_checkpoints_without_metrics=False),
     ])
+    # A reader neither creates, cleans nor saves. Orbax's own read_only option
+    # would do the same but logs a warning at every open.
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=policy, enable_async_checkpointing=True,
-        cleanup_tmp_directories=not read_only, read_only=read_only, create=not read_only,
+        preservation_policy=policy, enable_async_checkpointing=not read_only,
+        cleanup_tmp_directories=not read_only, create=not read_only,
         save_interval_steps=0 if read_only else 1)
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
     self.keep = keep
+    self.read_only = read_only
     self._saving = None  # The step of the save in flight, if any.
     self._failed = False
 
@@ -139,6 +145,8 @@ class Checkpointer:
     the size of the latest checkpoint) or when writing it, or the previous
     one, fails.
     """
+    if self.read_only:
+      raise ValueError(f"{self.directory} was opened read-only")
     if not force and not self.manager.should_save(step):
       return False
     self.wait()  # Surfaces a failure of the previous save before starting this one.
@@ -237,6 +245,7 @@ class Checkpointer:
         reason = (str(e).strip().splitlines() or [""])[0].split(" See full TensorStore")[0]
         logging.warning("checkpoint %s is damaged and was skipped (%s: %s)",
                         os.path.join(self.directory, str(step)), type(e).__name__, reason[:300])
+        _discard_failed_restore()
     return None
 
   def move_aside(self, step: int, destination: str) -> str:
@@ -261,6 +270,31 @@ class Checkpointer:
     self.manager.close()
 
 
+def _is_restore_leftover(unraisable: Any) -> bool:
+  error, where = unraisable.exc_value, repr(unraisable.object)
+  return ((isinstance(error, RuntimeError) and "Event loop is closed" in str(error))
+          or "_read_array_index_and_device_put" in where or "_read_and_create_array" in where)
+
+
+def _discard_failed_restore() -> None:
+  """Finalises, quietly, what a failed Orbax restore leaves behind.
+
+  When one array of a damaged checkpoint cannot be read, Orbax's restore
+  raises at once, leaving the reads of the other arrays unawaited and
+  TensorStore's completions for them aimed at an event loop that has
+  closed. Each would print an "Exception ignored" report when collected;
+  they hold nothing of ours, so they are collected here, without reports.
+  """
+  hook = sys.unraisablehook
+  sys.unraisablehook = lambda unraisable: (None if _is_restore_leftover(unraisable)
+                                           else hook(unraisable))
+  try:
+    time.sleep(0.05)  # TensorStore's threads finish the reads already under way.
+    gc.collect()
+  finally:
+    sys.unraisablehook = hook
+
+
 def resolve_checkpoint(path: str) -> tuple[str, int | None]:
   """Maps a workdir, a checkpoints/ folder or one step's folder to (manager dir, step).
 
@@ -283,11 +317,20 @@ def resolve_checkpoint(path: str) -> tuple[str, int | None]:
                   "checkpoints/ folder, or one checkpoint step's folder")
 
 
-def load_variables(path: str) -> tuple[dict, dict, int]:
-  """Loads params and batch_stats (host arrays) and the saved config from any checkpoint path.
+class Restored(NamedTuple):
+  """A checkpoint's model variables (host arrays), its saved config and its step."""
+  variables: dict
+  config: dict
+  step: int
 
-  Returns (variables, config, step). Falls back to older steps when the
-  chosen one is damaged; raises UserError when nothing can be read.
+
+def load_variables(path: str, action: str = "using") -> Restored:
+  """The one way to read a checkpoint for evaluation, prediction and fine-tuning.
+
+  `path` is a workdir, its checkpoints/ folder or one step's folder; of a
+  folder of checkpoints, the best step is read. Falls back to older steps
+  when the chosen one is damaged, logging "...; {action} step N instead";
+  raises UserError when nothing can be read.
   """
   directory, step = resolve_checkpoint(path)
   checkpointer = Checkpointer(directory, read_only=True)
@@ -304,10 +347,11 @@ def load_variables(path: str) -> tuple[dict, dict, int]:
                     "checkpoint, or the workdir of another run")
   used_step, state = restored
   if used_step != step:
-    logging.warning("using checkpoint %d instead of the damaged %d", used_step, step)
+    logging.warning("the best checkpoint (step %d) is damaged; %s step %d instead", step, action,
+                    used_step)
   try:
     config = checkpointer.restore_config(used_step)
   except Exception:
     config = {}
   variables = {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
-  return variables, config, used_step
+  return Restored(variables, config, used_step)

@@ -3,6 +3,7 @@
 import json
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import ml_collections
@@ -13,6 +14,7 @@ from resnet_jax.errors import UserError
 # Fields that fix the shape of the parameters or the meaning of the data: a
 # resumed run must match its checkpoints in each.
 ARCHITECTURE_FIELDS = ("model", "stem", "width", "dataset")
+TUPLE_FIELDS = ("mean", "std", "crop_scale", "input_shape")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -58,9 +60,49 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise UserError("config.mean and config.std need the same number of values")
   if any(s <= 0 for s in config.std):
     raise UserError("config.std values must be positive")
+  if config.image_size < 0 or 0 < config.image_size < 8:
+    raise UserError(f"image_size must be 0 (the data's own size) or at least 8 pixels, got "
+                    f"{config.image_size}: set --config.image_size=0 or, say, 32")
+  if config.crop_padding < 0:
+    raise UserError(f"crop_padding must not be negative, got {config.crop_padding}: set "
+                    "--config.crop_padding=4, or 0 to disable the random crop")
+  if config.input_pipeline not in ("auto", "memory", "stream"):
+    raise UserError(f"unknown input_pipeline {config.input_pipeline!r}: use 'auto', 'memory' "
+                    "or 'stream'")
+  if config.train_crop not in ("pad", "random_resized"):
+    raise UserError(f"unknown train_crop {config.train_crop!r}: use 'pad' or 'random_resized'")
+  low, high = (tuple(config.crop_scale) + (0, 0))[:2]
+  if len(config.crop_scale) != 2 or not 0 < low <= high <= 1:
+    raise UserError(f"crop_scale {tuple(config.crop_scale)} is not a range inside (0, 1]: set "
+                    "--config.crop_scale='(0.08, 1.0)'")
+  if not 0 <= config.eval_crop_fraction <= 1:
+    raise UserError(f"eval_crop_fraction must lie in (0, 1], or be 0 for the default; got "
+                    f"{config.eval_crop_fraction}")
+  if config.data_workers < 0:
+    raise UserError(f"data_workers must not be negative, got {config.data_workers}: set "
+                    "--config.data_workers=0 (in-process) or the number of decoding processes")
   if config.init_checkpoint and not os.path.exists(config.init_checkpoint):
     raise UserError(f"init_checkpoint {config.init_checkpoint} does not exist: pass a workdir "
                     "or a checkpoint folder written by resnet_jax")
+
+
+def resolve(config: ml_collections.ConfigDict, facts: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """The config with what the data decided filled in, once; what gets saved and read downstream.
+
+  `facts`: num_classes, class_names, mean, std, input_shape (H, W, C of
+  the examples as stored or streamed), num_train_examples and the
+  input_pipeline used ("memory" or "stream").
+  """
+  config = ml_collections.ConfigDict(config.to_dict())
+  with config.unlocked():
+    config.num_classes = int(facts["num_classes"])
+    config.class_names = list(facts["class_names"])
+    config.mean, config.std = tuple(facts["mean"]), tuple(facts["std"])
+    config.input_shape = tuple(int(d) for d in facts["input_shape"])
+    config.num_train_examples = int(facts.get("num_train_examples", 0))
+    config.input_pipeline = facts.get("input_pipeline", config.get("input_pipeline", "memory"))
+    config.eval_batch_size = config.eval_batch_size or config.batch_size
+  return config
 
 
 def read_saved(workdir: str) -> dict | None:
@@ -95,5 +137,5 @@ def from_json(values: Mapping) -> ml_collections.ConfigDict:
   config = default_config.get_config()
   with config.unlocked():
     for key, value in values.items():
-      config[key] = tuple(value) if isinstance(value, list) and key in ("mean", "std") else value
+      config[key] = tuple(value) if isinstance(value, list) and key in TUPLE_FIELDS else value
   return config

@@ -3,6 +3,9 @@ r"""PyTorch ResNet weights (torchvision's `state_dict` layout) to a resnet_jax c
   python -m resnet_jax.convert --torch_checkpoint=resnet18.pth --model=resnet18 \
       --stem=imagenet --output=runs/resnet18_torchvision
 
+The weights may be a .pth/.pt/.bin file (read with PyTorch) or .safetensors
+(read without it); timm's ResNets share torchvision's names, so both load.
+
 Every flag but --torch_checkpoint and --output can be left out: the model,
 stem, width and class count are read off the weights, and checked against
 the flags that are given. The output directory is a workdir whose only
@@ -19,7 +22,6 @@ import dataclasses
 import functools
 import os
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from resnet_jax import models
+from resnet_jax import cli, models
 from resnet_jax.checkpointing import Checkpointer
 from resnet_jax.errors import UserError
 
@@ -37,7 +39,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Resolution the converted weights expect when the config does not say; predict reads it.
 NATIVE_SIZE = {"imagenet": 224, "cifar": 32}
 
-_IGNORED_SUFFIXES = (".num_batches_tracked",)
+TORCH_EXTENSIONS = (".pth", ".pt", ".bin")  # torch.save's files; .bin as Hugging Face names them.
+SAFETENSORS_EXTENSION = ".safetensors"
+BN_COUNTER = "num_batches_tracked"  # torchvision's, unused by resnet_jax.
 _WRAPPER_KEYS = ("state_dict", "model")
 _TORCH_MODULES = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}
 _TORCH_LEAVES = {
@@ -47,6 +51,7 @@ _TORCH_LEAVES = {
     ("batch_stats", "mean"): "running_mean",
     ("batch_stats", "var"): "running_var",
 }
+_TORCH_AXES = {4: (3, 2, 0, 1), 2: (1, 0)}  # Flax to PyTorch: HWIO to OIHW, (in, out) to (out, in).
 _BLOCK_KEY = re.compile(r"^layer(\d+)\.(\d+)\.")
 _MAX_LISTED = 5
 
@@ -65,32 +70,48 @@ class Architecture:
 
 
 def load_torch_file(path: str) -> Mapping[str, Any]:
-  """Reads a .pth file (tensors only, no pickled code) onto the CPU."""
+  """Reads a state_dict from .pth/.pt/.bin (needs PyTorch) or .safetensors (does not)."""
   if not os.path.isfile(path):
     raise UserError(f"PyTorch checkpoint {path} does not exist or is not a file: pass a "
-                    ".pth file")
+                    f"{'/'.join(TORCH_EXTENSIONS)} or {SAFETENSORS_EXTENSION} file")
+  extension = os.path.splitext(path)[1].lower()
+  if extension == SAFETENSORS_EXTENSION:
+    return _load_safetensors(path)
+  if extension not in TORCH_EXTENSIONS:
+    raise UserError(f"{path} has the unknown extension {extension or '(none)'!r}: pass a "
+                    f"{', '.join(TORCH_EXTENSIONS)} or {SAFETENSORS_EXTENSION} file")
   try:
-    import torch  # Lazy: an optional extra, needed only for .pth files.
+    import torch  # Lazy: an optional extra, needed only for pickled PyTorch files.
   except ImportError:
-    raise UserError("reading .pth files needs PyTorch: pip install -e '.[torch]' "
-                    "(or pip install torch)") from None
+    raise UserError(f"reading {extension} files needs PyTorch: pip install -e '.[torch]' "
+                    "(or pip install torch), or pass a .safetensors file") from None
   try:
     loaded = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # Truncated zips, pickles with code and foreign files all differ.
     raise UserError(f"could not read {path} as a PyTorch checkpoint "
                     f"({type(e).__name__}: {_first_line(e)})") from None
-  if not isinstance(loaded, Mapping):
-    raise UserError(f"{path} holds a {type(loaded).__name__}, not a state_dict: save "
-                    "model.state_dict() with torch.save")
   return loaded
+
+
+def _load_safetensors(path: str) -> dict[str, Any]:
+  import safetensors.flax
+  import safetensors.numpy
+  try:
+    return safetensors.numpy.load_file(path)
+  except TypeError:  # bfloat16, which numpy lacks; JAX's arrays have it.
+    return safetensors.flax.load_file(path)
+  except Exception as e:  # A truncated or foreign file: SafetensorError, OSError, ...
+    raise UserError(f"could not read {path} as a safetensors file "
+                    f"({type(e).__name__}: {_first_line(e)})") from None
 
 
 def normalize_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
   """Unwraps {'state_dict': ...} or {'model': ...} and strips DataParallel's `module.`."""
   if not isinstance(state_dict, Mapping):
-    raise UserError(f"expected a state_dict (a mapping of names to tensors), "
-                    f"got a {type(state_dict).__name__}")
-  while not _looks_like_weights(state_dict):
+    raise UserError(f"expected a state_dict (a mapping of names to tensors), got a "
+                    f"{type(state_dict).__name__}: save model.state_dict(), not the model")
+  while not any(isinstance(k, str) and k.split(".")[-1] in ("weight", "bias")
+                for k in state_dict):
     inner = next((state_dict[k] for k in _WRAPPER_KEYS
                   if isinstance(state_dict.get(k), Mapping)), None)
     if inner is None:
@@ -101,11 +122,6 @@ def normalize_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     raise UserError(f"state_dict keys must be strings, not {', '.join(bad[:_MAX_LISTED])}")
   return {(k[len("module."):] if k.startswith("module.") else k): v
           for k, v in state_dict.items()}
-
-
-def _looks_like_weights(state_dict: Mapping[str, Any]) -> bool:
-  return any(isinstance(k, str) and k.split(".")[-1] in ("weight", "bias")
-             for k in state_dict)
 
 
 # Architecture ----------------------------------------------------------------
@@ -156,14 +172,11 @@ def _model_name(state_dict: Mapping[str, Any]) -> str | None:
 def resolve_architecture(state_dict: Mapping[str, Any], model: str | None = None,
                          stem: str | None = None, width: int | None = None,
                          num_classes: int | None = None) -> Architecture:
-  """The architecture of a state_dict, with given values checked against the weights.
+  """The architecture of a (normalised) state_dict; values given are checked against it.
 
-  Args:
-    state_dict: torchvision-layout names to tensors or arrays (already normalised).
-    model: a name in `resnet_jax.models.MODELS`; None reads it off the blocks.
-    stem: 'imagenet' or 'cifar'; None reads it off conv1's kernel size.
-    width: base channel count; None takes conv1's output channels.
-    num_classes: None takes fc's rows.
+  Each value left as None is read off the weights: the model off the blocks
+  per stage, the stem off conv1's kernel size, the width off conv1's output
+  channels, num_classes off fc's rows.
   """
   inferred = infer_architecture(state_dict)
   given = {"model": model, "stem": stem, "width": width, "num_classes": num_classes}
@@ -195,7 +208,7 @@ def _describe(state_dict: Mapping[str, Any]) -> str:
 # Conversion ------------------------------------------------------------------
 
 
-def _torch_key(path: tuple[str, ...]) -> str:
+def torch_key(path: tuple[str, ...]) -> str:
   """('params', 'layer2_0', 'downsample_conv', 'kernel') -> 'layer2.0.downsample.0.weight'."""
   collection, *modules, leaf = path
   names = [_TORCH_MODULES.get(m, m.replace("_", ".")) for m in modules]
@@ -203,16 +216,17 @@ def _torch_key(path: tuple[str, ...]) -> str:
 
 
 def _torch_shape(path: tuple[str, ...], shape: Sequence[int]) -> tuple[int, ...]:
-  """The PyTorch shape of a Flax leaf: HWIO kernels are OIHW, Dense kernels transposed."""
-  if path[-1] == "kernel":
-    return tuple(shape[i] for i in ((3, 2, 0, 1) if len(shape) == 4 else (1, 0)))
-  return tuple(shape)
+  """The PyTorch shape of a Flax leaf."""
+  return tuple(shape[i] for i in _TORCH_AXES[len(shape)]) if path[-1] == "kernel" else tuple(shape)
 
 
 def _to_flax(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
-  if path[-1] == "kernel":
-    return value.transpose((2, 3, 1, 0) if value.ndim == 4 else (1, 0))
-  return value
+  return value.transpose(np.argsort(_TORCH_AXES[value.ndim])) if path[-1] == "kernel" else value
+
+
+def to_torch_layout(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
+  """A Flax leaf (path as in `torch_key`) in PyTorch's layout; the inverse of `_to_flax`."""
+  return value.transpose(_TORCH_AXES[value.ndim]) if path[-1] == "kernel" else value
 
 
 def _as_numpy(value: Any) -> np.ndarray:
@@ -248,16 +262,13 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], model: str | None = Non
       each one left as None is read off the weights, each one given is
       checked against them.
 
-  Returns:
-    Nested dicts of float32 numpy arrays, ready for `model.apply`.
-
-  Raises:
-    UserError: naming the unknown, missing or wrongly shaped keys.
+  Returns nested dicts of float32 numpy arrays, ready for `model.apply`;
+  raises UserError naming the unknown, missing or wrongly shaped keys.
   """
   state_dict = normalize_state_dict(state_dict)
   arch = resolve_architecture(state_dict, model, stem, width, num_classes)
-  by_torch_key = {_torch_key(path): (path, spec) for path, spec in expected_shapes(arch).items()}
-  given = {k for k in state_dict if not k.endswith(_IGNORED_SUFFIXES)}
+  by_torch_key = {torch_key(path): (path, spec) for path, spec in expected_shapes(arch).items()}
+  given = {k for k in state_dict if not k.endswith(f".{BN_COUNTER}")}
   unknown = given - by_torch_key.keys()
   missing = by_torch_key.keys() - given
   flat, wrong_shapes = {}, []
@@ -272,13 +283,8 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], model: str | None = Non
       wrong_shapes.append(f"{key} is {tuple(value.shape)}, expected {want}")
       continue
     flat[path] = _to_flax(path, value).astype(spec.dtype)
-  problems = []
-  if unknown:
-    problems.append(f"unknown keys: {_listing(unknown)}")
-  if missing:
-    problems.append(f"missing keys: {_listing(missing)}")
-  if wrong_shapes:
-    problems.append(f"wrong shapes: {_listing(wrong_shapes)}")
+  problems = [f"{kind}: {_listing(keys)}" for kind, keys in (
+      ("unknown keys", unknown), ("missing keys", missing), ("wrong shapes", wrong_shapes)) if keys]
   if problems:
     raise UserError(f"the weights do not fit {arch.model} (stem={arch.stem}, width={arch.width}, "
                     f"num_classes={arch.num_classes}): {'; '.join(problems)}")
@@ -297,9 +303,9 @@ def save_converted(variables: Mapping[str, Any], output_dir: str, model: str, st
     variables: {'params': ..., 'batch_stats': ...} as `from_torch_state_dict` returns.
     output_dir: a new or empty-of-checkpoints directory; never overwritten.
     model, stem, width, num_classes: the architecture, stored in the config.
-    input_shape: [H, W, C] the weights were trained at; default 224x224 for
-      the ImageNet stem and 32x32 for the CIFAR stem, with conv1's channels.
-      Normalisation is torchvision's ImageNet mean and std for 3 channels.
+    input_shape: [H, W, C] the weights were trained at; default 224x224 (ImageNet
+      stem) or 32x32 (CIFAR stem) with conv1's channels. Normalisation is
+      torchvision's ImageNet mean and std for 3 channels.
   """
   directory = _free_checkpoint_dir(output_dir)
   channels = int(np.shape(variables["params"]["conv1"]["kernel"])[2])
@@ -341,7 +347,8 @@ def _first_line(e: BaseException) -> str:
 def _define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no flags."""
   from absl import flags
-  flags.DEFINE_string("torch_checkpoint", None, "A .pth file holding a ResNet state_dict.")
+  flags.DEFINE_string("torch_checkpoint", None, "A ResNet state_dict: .pth, .pt, .bin (these "
+                      "need PyTorch) or .safetensors.")
   flags.DEFINE_string("output", None, "New directory to write the checkpoint (a workdir) to.")
   # Strings, not enums: a wrong name is a UserError (exit 2) like every other mistake.
   flags.DEFINE_string("model", None, f"One of {', '.join(models.MODELS)}; default: read off "
@@ -354,9 +361,9 @@ def _define_flags() -> None:
 def convert_file(torch_checkpoint: str, output: str, model: str | None = None,
                  stem: str | None = None, width: int | None = None,
                  num_classes: int | None = None) -> Architecture:
-  """Converts a .pth file into a new workdir; returns the architecture written."""
+  """Converts a .pth/.pt/.bin/.safetensors file into a new workdir; returns the architecture."""
   if not torch_checkpoint or not output:
-    raise UserError("pass --torch_checkpoint=FILE.pth and --output=DIR")
+    raise UserError("pass --torch_checkpoint=FILE (.pth or .safetensors) and --output=DIR")
   _free_checkpoint_dir(output)  # Before the slow part, and again when writing.
   state_dict = normalize_state_dict(load_torch_file(torch_checkpoint))
   arch = resolve_architecture(state_dict, model, stem, width, num_classes)
@@ -367,19 +374,12 @@ def convert_file(torch_checkpoint: str, output: str, model: str | None = None,
 
 
 def main(argv: Sequence[str]) -> None:
-  from absl import flags, logging
+  from absl import flags
   FLAGS = flags.FLAGS
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs each save step at INFO.
-  try:
-    if len(argv) > 1:
-      raise UserError(f"unexpected arguments {' '.join(argv[1:])}: pass files as "
-                      "--torch_checkpoint=FILE.pth")
-    arch = convert_file(FLAGS.torch_checkpoint, FLAGS.output, FLAGS.model, FLAGS.stem,
-                        FLAGS.width, FLAGS.num_classes)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  cli.quiet_libraries(quiet=False)  # Orbax logs each save step at INFO.
+  cli.no_arguments(argv, "pass the weights as --torch_checkpoint=FILE")
+  arch = convert_file(FLAGS.torch_checkpoint, FLAGS.output, FLAGS.model, FLAGS.stem,
+                      FLAGS.width, FLAGS.num_classes)
   output = os.path.abspath(FLAGS.output)
   print(f"wrote {arch.model} (stem={arch.stem}, width={arch.width}, "
         f"{arch.num_classes} classes) to {output}")
@@ -388,10 +388,10 @@ def main(argv: Sequence[str]) -> None:
         f"  python -m resnet_jax.main --config=configs/resnet18.py --config.model={arch.model} "
         f"--config.stem={arch.stem} --config.width={arch.width} "
         f"--config.init_checkpoint={output} --workdir=runs/finetune")
-  print(f"or classify images with:\n  python -m resnet_jax.predict --workdir={output} IMAGE...")
+  print("or classify images with:\n"
+        f"  python -m resnet_jax.predict --workdir={output} IMAGE_OR_FOLDER...")
 
 
 if __name__ == "__main__":
-  from absl import app
   _define_flags()
-  app.run(main)
+  cli.run(main)

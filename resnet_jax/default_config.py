@@ -10,7 +10,8 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
-  # Data: any TFDS image-classification dataset with `image` and `label`.
+  # Data: any TFDS image-classification dataset with `image` and `label`, or
+  # "folder:ROOT" for ROOT/<split>/<class>/<images> (class = folder name).
   config.dataset = "cifar10"
   config.data_dir = ""  # TFDS data directory; "" means TFDS's default.
   config.manual_dir = ""  # Folder with the dataset's original archives (offline).
@@ -22,7 +23,20 @@ def get_config() -> ml_collections.ConfigDict:
   config.std = ()
   config.crop_padding = 4  # Pixels of zero padding before the random crop; 0 disables.
   config.random_flip = True  # Random horizontal flip.
-  config.image_size = 0  # Resize to this side on device before the model; 0: native.
+  config.image_size = 0  # Side of the images the model sees, pixels; 0: the data's own.
+  # "memory": every split decoded once and held on each device (fast, for data that
+  # fits); "stream": batches read from disk by a host pipeline (any size); "auto":
+  # memory when the decoded train split fits in a quarter of the smallest device's
+  # memory and its images share one size, else stream.
+  config.input_pipeline = "auto"
+  # "pad": images resized and centre-cropped to image_size, then pad-cropped by
+  # crop_padding and flipped; "random_resized": Inception-style crop of crop_scale
+  # of the area (aspect 3/4 to 4/3), then flip (stream only).
+  config.train_crop = "pad"
+  config.crop_scale = (0.08, 1.0)  # Area fractions for train_crop="random_resized".
+  config.eval_crop_fraction = 0.0  # Eval centre crop of this fraction; 0: 0.875 with
+  # random_resized, else 1.0 (the whole image).
+  config.data_workers = 0  # Decoding processes of the stream pipeline; 0: in-process threads.
 
   # Model.
   config.model = "resnet18"

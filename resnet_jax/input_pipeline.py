@@ -1,10 +1,10 @@
-"""Data: TFDS image datasets loaded once as uint8 arrays, augmented on device.
+"""Data held in memory: TFDS image datasets loaded once as uint8 arrays.
 
-The host's job ends at `load_dataset`: it returns whole splits as numpy
-arrays (decoded once, then cached as .npz beside the TFDS data so later runs
-load in seconds and machines without TFDS can read them). Everything per
-step, batching by a per-epoch permutation, random crop, flip, resize and
-normalisation, is a pure JAX function that runs inside the compiled step.
+`load_dataset` returns whole splits as numpy arrays (decoded once, then
+cached as .npz beside the TFDS data so later runs load in seconds and
+machines without TFDS can read them). Everything per step, batching by a
+per-epoch permutation, random crop, flip, resize and normalisation, runs on
+device inside the compiled step (`augment.py`).
 """
 
 import dataclasses
@@ -14,10 +14,7 @@ import os
 import re
 import socket
 import zipfile
-from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax.errors import UserError
@@ -194,16 +191,40 @@ def load_dataset(config) -> Dataset:
   if len(train.labels) == 0 or len(eval_.labels) == 0:
     raise UserError(f"split {config.train_split!r} or {config.eval_split!r} of "
                     f"{config.dataset} is empty: choose splits that hold examples")
-  channels = train.images.shape[-1]
-  if config.mean:
-    mean, std = tuple(config.mean), tuple(config.std)
-    if len(mean) != channels or len(std) != channels:
-      raise UserError(f"config.mean and config.std need {channels} values for {config.dataset} "
-                      f"(got {len(mean)} and {len(std)})")
-  else:
-    mean, std = channel_stats(train.images)
+  mean, std = ((tuple(config.mean), tuple(config.std)) if config.mean
+               else channel_stats(train.images))
+  check_normalisation(config, mean, std, train.images.shape[-1])
   num_classes = config.num_classes or meta["num_classes"]
   return Dataset(config.dataset, train, eval_, num_classes, meta["class_names"], mean, std)
+
+
+def check_normalisation(config, mean, std, channels: int) -> None:
+  if len(mean) != channels or len(std) != channels:
+    raise UserError(f"config.mean and config.std need {channels} values for {config.dataset} "
+                    f"(got {len(mean)} and {len(std)})")
+
+
+def cached_shape(dataset: str, split: str, data_dir: str = "") -> tuple[tuple[int, ...], int] | None:
+  """(image shape, example count) of a split decoded by an earlier run, without loading it."""
+  path = _cache_path(data_dir or default_data_dir(), dataset, split)
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      labels = f["labels"]
+      header = f.zip.open("images.npy")
+      version = np.lib.format.read_magic(header)
+      shape, _, _ = np.lib.format._read_array_header(header, version)
+      return tuple(shape[1:]), len(labels)
+  except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+    return None
+
+
+def prepare_tfds(dataset: str, data_dir: str = "", manual_dir: str = ""):
+  """The TFDS builder of dataset, downloaded (or taken from manual_dir) and prepared once."""
+  data_dir = data_dir or default_data_dir()
+  builder = _tfds_builder(dataset, data_dir)
+  if not _is_mocked():
+    _prepare(builder, dataset, data_dir, manual_dir)
+  return builder
 
 
 def channel_stats(images_NHWC: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -215,45 +236,6 @@ def channel_stats(images_NHWC: np.ndarray) -> tuple[tuple[float, ...], tuple[flo
   mean = total / count
   std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
   return tuple(float(m / 255) for m in mean), tuple(float(s / 255) for s in std)
-
-
-# On-device, per step -------------------------------------------------------
-
-
-def batch_indices(data_key: jax.Array, step: jax.Array, num_examples: int,
-                  batch_size: int) -> jax.Array:
-  """Indices of the training batch at `step`: a fresh permutation each epoch."""
-  steps_per_epoch = num_examples // batch_size
-  epoch, position = jnp.divmod(step, steps_per_epoch)
-  permutation = jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
-  return jax.lax.dynamic_slice_in_dim(permutation, position * batch_size, batch_size)
-
-
-def random_crop_flip(key: jax.Array, images_BHWC: jax.Array, padding: int,
-                     flip: bool) -> jax.Array:
-  """Pad-and-crop to the same size and flip left-right at random, per image."""
-  batch, height, width, _ = images_BHWC.shape
-  crop_key, flip_key = jax.random.split(key)
-  if padding:
-    padded = jnp.pad(images_BHWC, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    offsets = jax.random.randint(crop_key, (batch, 2), 0, 2 * padding + 1)
-    crop = lambda image, offset: jax.lax.dynamic_slice(
-        image, (offset[0], offset[1], 0), (height, width, image.shape[-1]))
-    images_BHWC = jax.vmap(crop)(padded, offsets)
-  if flip:
-    do_flip = jax.random.bernoulli(flip_key, 0.5, (batch, 1, 1, 1))
-    images_BHWC = jnp.where(do_flip, images_BHWC[:, :, ::-1], images_BHWC)
-  return images_BHWC
-
-
-def preprocess(images_BHWC: jax.Array, mean: Sequence[float], std: Sequence[float],
-               image_size: int = 0, dtype=jnp.float32) -> jax.Array:
-  """uint8 images to normalised floats, resized to image_size when it is set."""
-  x = images_BHWC.astype(jnp.float32) / 255.0
-  if image_size and image_size != x.shape[1]:
-    x = jax.image.resize(x, (x.shape[0], image_size, image_size, x.shape[3]), "bilinear")
-  x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
-  return x.astype(dtype)
 
 
 def pad_for_eval(split: Split, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

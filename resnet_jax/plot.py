@@ -11,17 +11,16 @@ Draws without a display (Agg).
 
 import json
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import PercentFormatter
 
-from resnet_jax import reporting
+from resnet_jax import cli, reporting
 from resnet_jax.errors import UserError
 
 # Cells carry numbers only while they stay legible.
@@ -184,16 +183,11 @@ def define_flags() -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}: every input is a --flag")
+  cli.no_arguments(argv, "every input is a --flag")
   options = flags.FLAGS
-  try:
-    plot(options.workdir, options.output, options.confusion, options.labels, options.normalize)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  plot(options.workdir, options.output, options.confusion, options.labels, options.normalize)
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

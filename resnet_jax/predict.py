@@ -1,32 +1,53 @@
-r"""Classify image files with a trained or converted checkpoint.
+r"""Classify images, or folders of them, with a trained or converted checkpoint.
 
-  python -m resnet_jax.predict --workdir=runs/cifar10 cat.png dog.jpg --top_k=3 \
-      --output=preds.json
+  python -m resnet_jax.predict --workdir=runs/cifar10 cat.png photos/ --top_k=3 \
+      --output=preds.csv
 
-PNG and JPEG files of any size are converted to the training images'
-channel count, scaled so their shorter side fits and center-cropped to the
-training height and width; `.npy` arrays (HxWxC or HxW, uint8 0-255 or
-float in [0, 1]) go the same way. Then the training normalisation and
-resize apply, as during evaluation. A file that cannot be read is reported
-by name and the rest are still classified; the exit code is then 1.
+A folder stands for every image inside it, recursively and sorted by path;
+hidden files and folders and files of other types are skipped. PNG, JPEG and
+Pillow's other formats are converted to the training images' channel count,
+scaled so their shorter side fits and center-cropped to the training height
+and width; `.npy` arrays (HxWxC or HxW, uint8 0-255 or float in [0, 1]) go the
+same way. Then the training normalisation and resize apply, as during
+evaluation, `--batch_size` images at a time.
+
+Large images are decoded reduced, without Pillow's DecompressionBombWarning:
+a JPEG at 1/2, 1/4 or 1/8 scale when that still covers the training size;
+other formats whole, then reduced by box averages before the resize, with
+no full-size copy for gray and RGB images. At most MAX_PIXELS (16384 x 16384
+= 268 megapixels; about 3 bytes each for RGB) are decoded per file: a larger
+image (counted after JPEG's reduction) is refused with a one-line error
+naming it. This limit replaces Pillow's (a warning above 89 megapixels, a
+refusal above 179).
+
+A file that cannot be read is reported by name and the rest are still
+classified; the exit code is then 1. `--output=FILE.json` or `FILE.csv`
+also writes the predictions; the CSV has the columns file, class_1,
+probability_1, ... up to --top_k, and error (empty for files that were read).
 """
 
+import csv
 import dataclasses
 import json
+import math
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 from PIL import Image
 
-from resnet_jax import input_pipeline, models
+from resnet_jax import augment, cli, models
 from resnet_jax.checkpointing import load_variables
 from resnet_jax.errors import UserError
 
-MAX_BATCH = 32  # Images per compiled call; smaller batches pad to a power of two.
+DEFAULT_BATCH_SIZE = 32  # Images per compiled call; smaller batches pad to a power of two.
+MAX_PIXELS = 16384 * 16384  # Decoded per file: 0.8 GB for RGB, 1.9 GB for RGBA and its RGB.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
+                    ".pgm", ".npy")  # What a folder's files are taken for.
+OUTPUT_FORMATS = (".json", ".csv")
 
 
 @dataclasses.dataclass
@@ -47,7 +68,7 @@ def _required(config: Mapping[str, Any], key: str, path: str) -> Any:
 
 def load_predictor(path: str) -> Predictor:
   """Loads a checkpoint (workdir, checkpoints/ folder or step folder) for classification."""
-  variables, config, _ = load_variables(path)
+  variables, config, _ = load_variables(path, action="classifying with")
   params = variables["params"]
   num_classes = int(config.get("num_classes") or np.shape(params["fc"]["bias"])[0])
   base_width = int(config.get("width") or np.shape(params["conv1"]["kernel"])[-1])
@@ -70,7 +91,7 @@ def load_predictor(path: str) -> Predictor:
 
   @jax.jit
   def probabilities(variables, images_BHWC):
-    x = input_pipeline.preprocess(images_BHWC, mean, std, image_size)
+    x = augment.preprocess(images_BHWC, mean, std, image_size)
     return jax.nn.softmax(model.apply(variables, x, train=False), axis=-1)
 
   return Predictor(lambda images: np.asarray(probabilities(variables, images)),
@@ -81,13 +102,15 @@ def load_predictor(path: str) -> Predictor:
 
 
 def _fit(image: Image.Image, height: int, width: int) -> Image.Image:
-  """Scales so the image covers height x width, then crops the center."""
+  """Scales so the image covers height x width and crops the center, in one resampling."""
   scale = max(height / image.height, width / image.width)
-  size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
-  if size != image.size:
-    image = image.resize(size, Image.Resampling.BILINEAR)
-  left, top = (size[0] - width) // 2, (size[1] - height) // 2
-  return image.crop((left, top, left + width, top + height))
+  box_width, box_height = width / scale, height / scale
+  # Clamped: Pillow refuses a box that rounding puts a hair outside the image.
+  left, top = max(0.0, (image.width - box_width) / 2), max(0.0, (image.height - box_height) / 2)
+  box = (left, top, min(image.width, left + box_width), min(image.height, top + box_height))
+  # Resizing just the crop's box lets Pillow first reduce a large image by a whole
+  # factor (box averages) without shifting it; a reducing_gap of 3 is as good as one pass.
+  return image.resize((width, height), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
 
 
 def _array_to_uint8(array: np.ndarray, path: str) -> np.ndarray:
@@ -97,6 +120,8 @@ def _array_to_uint8(array: np.ndarray, path: str) -> np.ndarray:
   if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
     raise UserError(f"{path}: array of shape {array.shape}; expected HxW or HxWxC with "
                     "1, 3 or 4 channels")
+  _check_size(path, array.shape[1], array.shape[0])
+  array = np.asarray(array)  # Off the memory map, now that the size is known to be sane.
   if array.dtype == np.uint8:
     return array
   if np.issubdtype(array.dtype, np.floating):
@@ -109,30 +134,68 @@ def _array_to_uint8(array: np.ndarray, path: str) -> np.ndarray:
   raise UserError(f"{path}: arrays must be uint8 (0-255) or float in [0, 1], not {array.dtype}")
 
 
-def _open(path: str) -> Image.Image:
+def _check_size(path: str, width: int, height: int) -> None:
+  if width * height > MAX_PIXELS:
+    side = math.isqrt(MAX_PIXELS)
+    raise UserError(f"{path}: {width}x{height} pixels is more than predict decodes "
+                    f"({MAX_PIXELS / 1e6:.3g} megapixels, {side}x{side}): downscale it first")
+
+
+def _decode_fitted(path: str, height: int, width: int, mode: str) -> Image.Image:
+  """Decodes an image or .npy file, no larger than needed, and fits it to height x width."""
   if path.lower().endswith(".npy"):
-    array = _array_to_uint8(np.load(path, allow_pickle=False), path)
-    if array.shape[-1] == 1:
-      return Image.fromarray(array[..., 0], "L")
-    return Image.fromarray(array, "RGB" if array.shape[-1] == 3 else "RGBA")
-  with Image.open(path) as image:
-    image.load()  # Decode now: a truncated file fails here, inside the caller's try.
-    return image.copy()
+    array = _array_to_uint8(np.load(path, mmap_mode="r", allow_pickle=False), path)
+    image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    return _fit(image.convert(mode), height, width)
+  # _check_size replaces Pillow's limit, which warns (or fails) in Image.open itself.
+  pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+  try:
+    with Image.open(path) as image:
+      image.draft(None, (width, height))  # JPEG only: decode at 1/2, 1/4 or 1/8 scale.
+      _check_size(path, *image.size)
+      image.load()  # Decode now: a truncated file fails here, inside the caller's try.
+      # Converting first keeps what alpha and palettes mean; L and RGB need no full-size copy.
+      return _fit(image if image.mode == mode else image.convert(mode), height, width)
+  finally:
+    Image.MAX_IMAGE_PIXELS = pillow_limit
 
 
 def read_image(path: str, input_shape: Sequence[int]) -> np.ndarray:
   """One image or .npy file as uint8 [H, W, C] in the training format."""
   height, width, channels = input_shape
   try:
-    image = _open(path)
-    image = _fit(image.convert("L" if channels == 1 else "RGB"), height, width)
+    image = _decode_fitted(path, height, width, "L" if channels == 1 else "RGB")
   except UserError:
     raise
   except Exception as e:  # Damaged files fail in many ways (OSError, SyntaxError, ...).
-    text = str(e).strip().splitlines()[0] if str(e).strip() else "no message"
-    raise UserError(f"{path}: cannot read it as an image ({type(e).__name__}: {text})") from None
+    raise UserError(f"{path}: cannot read it as an image ({type(e).__name__}: "
+                    f"{_first_line(e)})") from None
   array = np.asarray(image, np.uint8)
   return array[..., None] if array.ndim == 2 else array
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0] if text else "no message"
+
+
+def expand_paths(paths: Sequence[str]) -> list[str]:
+  """Files as given; each folder as the image files inside it, recursively and sorted."""
+  files = []
+  for path in paths:
+    if not os.path.isdir(path):
+      files.append(path)  # Even a .txt: asked for by name, it gets its error line.
+      continue
+    found = []
+    for root, folders, names in os.walk(path):
+      folders[:] = [f for f in folders if not f.startswith(".")]  # .git, .ipynb_checkpoints
+      found += [os.path.join(root, n) for n in names if not n.startswith(".")
+                and os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
+    if not found:
+      raise UserError(f"folder {path} holds no image files ({' '.join(IMAGE_EXTENSIONS)}): "
+                      "pass another folder, or the files themselves")
+    files += sorted(found)
+  return files
 
 
 # Classifying -----------------------------------------------------------------
@@ -144,53 +207,98 @@ def _top_k(probabilities: np.ndarray, class_names: Sequence[str], k: int) -> lis
           for i in order]
 
 
-def classify_files(predictor: Predictor, files: Sequence[str], top_k: int = 5) -> list[dict]:
-  """One {file, predictions} per file, in order; unreadable files get an `error` instead."""
-  results: list[dict] = [{"file": f} for f in files]
-  readable, images = [], []
-  for result in results:
-    try:
-      images.append(read_image(result["file"], predictor.input_shape))
-      readable.append(result)
-    except UserError as e:
-      result.update(error=str(e), predictions=[])
+def classify(predictor: Predictor, files: Sequence[str], top_k: int = 5,
+             batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[dict]:
+  """One {file, predictions} per file, in order, read and classified batch_size at a time.
+
+  A file that cannot be read gets an `error` (and no predictions) instead.
+  """
+  if batch_size < 1:
+    raise UserError(f"batch_size is {batch_size}: pass --batch_size of 1 or more")
   k = max(1, min(top_k, len(predictor.class_names)))
-  for start in range(0, len(images), MAX_BATCH):
-    batch = np.stack(images[start:start + MAX_BATCH])
-    # Pad to a power of two so a few shapes cover every file count.
-    padded = 1 << (len(batch) - 1).bit_length()
-    batch = np.concatenate([batch, np.zeros((padded - len(batch), *batch.shape[1:]), np.uint8)])
-    probabilities = predictor.probabilities(batch)
-    for result, row in zip(readable[start:start + MAX_BATCH], probabilities):
-      result["predictions"] = _top_k(row, predictor.class_names, k)
-  return results
+  for start in range(0, len(files), batch_size):
+    results: list[dict] = [{"file": f} for f in files[start:start + batch_size]]
+    readable, images = [], []
+    for result in results:
+      try:
+        images.append(read_image(result["file"], predictor.input_shape))
+        readable.append(result)
+      except UserError as e:
+        result.update(error=str(e), predictions=[])
+    if images:
+      batch = np.stack(images)
+      # Pad to a power of two (or batch_size) so a few shapes cover every file count.
+      padded = min(batch_size, 1 << (len(batch) - 1).bit_length())
+      batch = np.concatenate([batch, np.zeros((padded - len(batch), *batch.shape[1:]), np.uint8)])
+      for result, row in zip(readable, predictor.probabilities(batch)):
+        result["predictions"] = _top_k(row, predictor.class_names, k)
+    yield from results
 
 
-def _checkpoint_path(workdir: str | None, checkpoint: str | None) -> str:
+def classify_files(predictor: Predictor, files: Sequence[str], top_k: int = 5,
+                   batch_size: int = DEFAULT_BATCH_SIZE) -> list[dict]:
+  """`classify`, as a list."""
+  return list(classify(predictor, files, top_k, batch_size))
+
+
+# Paths and output ------------------------------------------------------------
+
+
+def checkpoint_path(workdir: str | None, checkpoint: str | None) -> str:
+  """The checkpoint folder that --workdir or --checkpoint names; a UserError for a file."""
   if workdir and checkpoint:
     raise UserError("pass either --workdir or --checkpoint, not both")
   if not (workdir or checkpoint):
     raise UserError("pass --workdir=DIR (a training or conversion output) or --checkpoint=DIR")
-  return workdir or checkpoint
+  flag, path = ("workdir", workdir) if workdir else ("checkpoint", checkpoint)
+  # checkpointing.resolve_checkpoint lists the path, which fails with a traceback on a file.
+  if os.path.isfile(path):
+    raise UserError(f"--{flag}={path} is a file, not a folder: pass the workdir that training "
+                    "or resnet_jax.convert wrote, or a checkpoint folder inside it")
+  return path
 
 
-def _print_results(results: list[dict]) -> None:
-  for result in results:
-    if "error" in result:
-      print(f"error: {result['error']}", file=sys.stderr)
-      continue
-    print(result["file"])
-    for p in result["predictions"]:
-      print(f"  {p['probability']:.4f}  {p['class']}")
-  sys.stdout.flush()
+def check_output(output: str) -> str:
+  """The format (.json or .csv) of an output path that can be written; a UserError if not."""
+  path = os.path.abspath(output)
+  if os.path.isdir(path) or not os.path.isdir(os.path.dirname(path)):
+    why = "is a directory" if os.path.isdir(path) else "is in no existing directory"
+    raise UserError(f"--output={output} {why}: pass a file path in an existing directory")
+  extension = os.path.splitext(output)[1].lower()
+  if extension not in OUTPUT_FORMATS:
+    raise UserError(f"--output={output} has the unknown extension {extension or '(none)'!r}: "
+                    "name it FILE.json or FILE.csv")
+  return extension
 
 
-def _write_json(path: str, results: list[dict]) -> None:
+def write_results(output: str, results: Sequence[dict]) -> None:
+  """Writes JSON (as classify gives them) or CSV (one row per file), by output's extension."""
+  extension = check_output(output)
   try:
-    with open(path, "w") as f:
-      json.dump(results, f, indent=2)
+    with open(output, "w", newline="") as f:
+      if extension == ".json":
+        json.dump(list(results), f, indent=2)
+        return
+      k = max((len(r["predictions"]) for r in results), default=0)
+      writer = csv.writer(f)
+      writer.writerow(["file", *(f"{column}_{i}" for i in range(1, k + 1)
+                                 for column in ("class", "probability")), "error"])
+      for r in results:
+        cells = [[p["class"], p["probability"]] for p in r["predictions"]]
+        cells += [["", ""]] * (k - len(cells))
+        writer.writerow([r["file"], *(c for pair in cells for c in pair), r.get("error", "")])
   except OSError as e:
-    raise UserError(f"cannot write {path} ({e.strerror}): pass another --output") from None
+    raise UserError(f"cannot write {output} ({e.strerror or e}): pass another --output") from None
+
+
+def _print_result(result: dict) -> None:
+  if "error" in result:
+    sys.stdout.flush()
+    print(f"error: {result['error']}", file=sys.stderr, flush=True)
+    return
+  print(result["file"])
+  for p in result["predictions"]:
+    print(f"  {p['probability']:.4f}  {p['class']}")
 
 
 # Command line ----------------------------------------------------------------
@@ -203,32 +311,33 @@ def _define_flags() -> None:
                       "checkpoint of.")
   flags.DEFINE_string("checkpoint", None, "A checkpoints/ folder or one step's folder.")
   flags.DEFINE_integer("top_k", 5, "Classes to show per file.", lower_bound=1)
-  flags.DEFINE_string("output", None, "Also write the predictions to this JSON file.")
+  flags.DEFINE_integer("batch_size", DEFAULT_BATCH_SIZE, "Images read and classified at a time.",
+                       lower_bound=1)
+  flags.DEFINE_string("output", None, "Also write the predictions to FILE.json or FILE.csv.")
 
 
-def main(argv: Sequence[str]) -> None:
-  from absl import flags, logging
+def main(argv: Sequence[str]) -> int:
+  from absl import flags
   FLAGS = flags.FLAGS
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs each save step at INFO.
-  files = list(argv[1:])
-  try:
-    if not files:
-      raise UserError("pass image files to classify: python -m resnet_jax.predict "
-                      "--workdir=DIR IMAGE...")
-    predictor = load_predictor(_checkpoint_path(FLAGS.workdir, FLAGS.checkpoint))
-    results = classify_files(predictor, files, FLAGS.top_k)
-    _print_results(results)
-    if FLAGS.output:
-      _write_json(FLAGS.output, results)
-      print(f"wrote {os.path.abspath(FLAGS.output)}")
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  sys.exit(1 if any("error" in r for r in results) else 0)
+  cli.quiet_libraries(quiet=False)  # Orbax logs each restore at INFO.
+  if len(argv) < 2:
+    raise UserError("pass image files or folders to classify: python -m resnet_jax.predict "
+                    "--workdir=DIR IMAGE_OR_FOLDER...")
+  checkpoint = checkpoint_path(FLAGS.workdir, FLAGS.checkpoint)
+  if FLAGS.output:
+    check_output(FLAGS.output)  # Before the slow part, and again when writing.
+  files = expand_paths(argv[1:])
+  predictor = load_predictor(checkpoint)
+  results = []
+  for result in classify(predictor, files, FLAGS.top_k, FLAGS.batch_size):
+    _print_result(result)
+    results.append(result)
+  if FLAGS.output:
+    write_results(FLAGS.output, results)
+    print(f"wrote {os.path.abspath(FLAGS.output)}")
+  return 1 if any("error" in r for r in results) else 0
 
 
 if __name__ == "__main__":
-  from absl import app
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -1,14 +1,23 @@
-"""Starting a run from pretrained variables: strict matching, head re-initialised on demand."""
+"""Starting a run from pretrained variables: strict matching, head re-initialised on demand.
+
+RGB weights also start a grayscale model and the reverse: the first
+convolution's kernel is summed over its 3 input channels (a gray image
+replicated to RGB gives the same outputs), or repeated over 3 and divided
+by 3 (an RGB image gives what its channel mean gives the gray model).
+"""
 
 from collections.abc import Mapping
 from typing import Any
 
 import flax.traverse_util as traverse_util
+import jax
 import numpy as np
+from absl import logging
 
 from resnet_jax.errors import UserError
 
 HEAD = "fc"
+STEM_KERNEL = ("conv1", "kernel")  # HWIO: input channels on axis 2.
 
 
 def is_head(path: tuple[str, ...]) -> bool:
@@ -19,9 +28,10 @@ def merge(fresh: Mapping[str, Any], loaded: Mapping[str, Any], source: str) -> t
   """Takes every array of `loaded` into the structure of `fresh`.
 
   The classifier head keeps its fresh initialisation when its shape differs
-  (another number of classes); any other missing, extra or mis-shaped array
-  is an error that names it. Returns the merged tree and whether the head
-  was re-initialised.
+  (another number of classes); the stem's kernel is fitted between 1 and 3
+  input channels; any other missing, extra or mis-shaped array is an error
+  that names it. Returns the merged tree and whether the head was
+  re-initialised.
   """
   fresh_flat = traverse_util.flatten_dict(dict(fresh))
   loaded_flat = traverse_util.flatten_dict(_to_dict(loaded))
@@ -35,6 +45,9 @@ def merge(fresh: Mapping[str, Any], loaded: Mapping[str, Any], source: str) -> t
   merged, head_reinitialised = {}, False
   for path, value in fresh_flat.items():
     array = np.asarray(loaded_flat[path])
+    if path == STEM_KERNEL and array.shape != value.shape:
+      array = _fit_input_channels(array, tuple(value.shape), source,
+                                  report=not isinstance(value, jax.ShapeDtypeStruct))
     if array.shape != value.shape:
       if is_head(path):
         head_reinitialised = True
@@ -45,6 +58,24 @@ def merge(fresh: Mapping[str, Any], loaded: Mapping[str, Any], source: str) -> t
                       "--config.model, --config.stem and --config.width to the checkpoint's")
     merged[path] = array.astype(value.dtype)
   return traverse_util.unflatten_dict(merged), head_reinitialised
+
+
+def _fit_input_channels(kernel_HWIO: np.ndarray, wanted: tuple[int, ...], source: str,
+                        report: bool) -> np.ndarray:
+  """The stem kernel for 1 input channel from 3 or the reverse; unchanged for other shapes."""
+  have = kernel_HWIO.shape[2]
+  if (kernel_HWIO.shape[:2] + kernel_HWIO.shape[3:] != wanted[:2] + wanted[3:]
+      or {have, wanted[2]} != {1, 3}):
+    return kernel_HWIO
+  if have == 3:
+    fitted = kernel_HWIO.sum(axis=2, keepdims=True)
+    how = "summed over its 3 input channels for 1-channel images"
+  else:
+    fitted = np.repeat(kernel_HWIO, 3, axis=2) / 3
+    how = "repeated over 3 input channels and divided by 3 for 3-channel images"
+  if report:  # The trainer first merges onto shapes alone; only the real merge says it.
+    logging.info("init_checkpoint %s: conv1/kernel %s", source, how)
+  return fitted.astype(kernel_HWIO.dtype)
 
 
 def _to_dict(tree: Any) -> dict:

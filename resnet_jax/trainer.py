@@ -1,33 +1,25 @@
-"""The host side of a run: load, restore, loop, evaluate, checkpoint, report.
+"""The host side of a training run: set up, restore, loop, evaluate, checkpoint, report.
 
-The loop never waits on the device between log intervals: step metrics stay
-on device until `log_every_steps` have run (or an eval, a save or the end
-comes), then are read at once, checked for NaN/Inf and written.
+`Trainer.__init__` reads the data, resolves the config, builds the state and
+compiles the programs; `Trainer.train` resumes from the workdir and runs the
+loop. The loop never waits on the device between log intervals: step
+metrics stay on device (`reporting.MetricsBuffer`) until a log line, an
+eval, a save or the end needs them, and are checked for NaN/Inf then.
 """
 
-import json
-import math
 import os
-import signal
-import tempfile
-import threading
 import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
 from flax import serialization
 
-from resnet_jax import (checkpointing, configuration, input_pipeline, pretrained, progress_bar,
-                        reporting, train)
-from resnet_jax.errors import UserError
-
-
-class NonFiniteLossError(Exception):
-  """The loss (or the parameters) became NaN or Inf; such a state is never saved."""
+from resnet_jax import (checkpointing, configuration, data, evaluation, pretrained, progress_bar,
+                        reporting, signals, steps, workdir as workdirs)
+from resnet_jax.errors import NonFiniteLossError, Stopped, UserError
 
 
 @jax.jit
@@ -38,79 +30,13 @@ def all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack(checks)) if checks else jnp.bool_(True)
 
 
-class StopRequested:
-  """Turns SIGTERM/SIGINT into a stop that the loop checks once per step.
-
-  With several processes all must stop, and save, at the same step, or each
-  waits in Orbax's save for the others forever. There SIGTERM, sent to any of
-  them, is left to jax.distributed's preemption notifier, which agrees on the
-  step; SIGINT keeps Python's default and ends the run without a save.
-  """
-
-  def __init__(self):
-    self.signal_name = None
-    self._previous = {}
-    self._agreed = jax.process_count() > 1
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread() and not self._agreed:
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    if self.signal_name is not None:  # A second signal: stop at once.
-      raise KeyboardInterrupt
-    self.signal_name = signal.Signals(signum).name
-    logging.warning("%s received: saving a checkpoint at the current step, then exiting",
-                    self.signal_name)
-
-  def requested(self, step: int) -> bool:
-    """Whether to stop after `step`; every process must ask at every step."""
-    if self._agreed and self.signal_name is None:
-      from jax.experimental import multihost_utils
-      if multihost_utils.reached_preemption_sync_point(step):
-        self.signal_name = "SIGTERM"
-        logging.warning("SIGTERM received by a process of this run: saving a checkpoint at "
-                        "step %d, then exiting", step)
-    return self.signal_name is not None
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
+def is_due(step: int, every: int, last_step: int) -> bool:
+  """Whether an action repeated every `every` steps (and after the last step) is due after `step`."""
+  return step % every == 0 or step == last_step
 
 
-def writable(folder: str) -> bool:
-  """Whether a folder can be written, found by trying: os.access says yes to root on read-only mounts."""
-  try:
-    os.rmdir(tempfile.mkdtemp(prefix=".resnet_jax_write_test", dir=folder))
-    return True
-  except OSError:
-    return False
-
-
-def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Refuses a workdir that cannot be written or whose earlier run has other settings."""
-  existing = workdir
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  if not os.path.isdir(existing) or not writable(existing):
-    raise UserError(f"workdir {workdir} cannot be created or written ({existing} is not a "
-                    "writable folder): pass a writable --workdir")
-  saved = configuration.read_saved(workdir)
-  if saved is not None:
-    configuration.check_same_architecture(saved, config, workdir)
-
-
-def write_json(path: str, value: Any) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=2)
-  os.replace(tmp, path)
-
-
-class Run:
-  """Everything a training run holds between steps."""
+class Trainer:
+  """One training run: its data, state, compiled programs, checkpoints and metrics."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, quiet: bool = False):
     configuration.validate(config)
@@ -119,64 +45,71 @@ class Run:
     self.is_lead = jax.process_index() == 0
     # Every process, not just the lead: each writes checkpoint shards there, and a
     # refusal on one alone would leave the others waiting on it.
-    check_workdir(self.workdir, config)
-    self.mesh = train.create_mesh()
+    workdirs.check(self.workdir, config)
+    self.mesh = steps.create_mesh()
     # Before the data: a missing or damaged init_checkpoint fails without the wait.
-    self.init_checkpoint = (checkpointing.load_variables(config.init_checkpoint)
-                            if config.init_checkpoint else None)
-    self.dataset = input_pipeline.load_dataset(config)
-    self.config = config = resolve(config, self.dataset)
-    train_split = self.dataset.train
-    self.num_examples = len(train_split.labels)
-    self.steps_per_epoch = self.num_examples // config.batch_size
-    if self.steps_per_epoch == 0:
-      raise UserError(f"batch_size {config.batch_size} exceeds the {self.num_examples} "
-                      f"examples of {config.train_split}: use a smaller batch_size")
-    self.num_train_steps = config.num_train_steps or max(
-        1, int(round(config.num_epochs * self.steps_per_epoch)))
-    self.schedule = train.learning_rate_schedule(config, self.steps_per_epoch,
-                                                 self.num_train_steps)
-    self.model = train.create_model(config, self.dataset.num_classes)
-    init_variables = self._load_init_checkpoint() if config.init_checkpoint else None
-    self.state = train.create_train_state(config, self.model, train.model_input_shape(config),
-                                          self.schedule, self.mesh, init_variables)
-    self.train_step = train.compile_train_step(config, self.mesh, self.schedule,
-                                               self.dataset.mean, self.dataset.std,
-                                               self.num_examples)
-    self.eval_batch_size = config.eval_batch_size or config.batch_size
-    self.evaluate = train.compile_evaluate(config, self.mesh, self.dataset.num_classes,
-                                           self.dataset.mean, self.dataset.std,
-                                           self.eval_batch_size)
-    self.train_data = {"image": train.put_replicated(train_split.images, self.mesh),
-                       "label": train.put_replicated(train_split.labels, self.mesh)}
-    images, labels, mask = input_pipeline.pad_for_eval(self.dataset.eval, self.eval_batch_size)
-    self.eval_data = {k: train.put_replicated(v, self.mesh)
-                      for k, v in (("image", images), ("label", labels), ("mask", mask))}
+    init_checkpoint = (checkpointing.load_variables(config.init_checkpoint)
+                       if config.init_checkpoint else None)
+    training_data = self._load_data(config)
+    self._create_state(init_checkpoint)
+    self._compile(training_data)
     # Only now, with the config and data known good, does anything touch the disk.
     os.makedirs(self.workdir, exist_ok=True)
     self.checkpointer = checkpointing.Checkpointer(checkpointing.checkpoint_dir(self.workdir),
-                                                   keep=config.keep_checkpoints)
+                                                   keep=self.config.keep_checkpoints)
     self.writer = reporting.MetricWriter(self.workdir, enabled=self.is_lead)
 
-  def _load_init_checkpoint(self) -> dict:
+  # Set-up ----------------------------------------------------------------
+
+  def _load_data(self, config: ml_collections.ConfigDict) -> data.TrainingData:
+    """Opens the splits and resolves the config from them: self.config is final after this."""
+    training_data = data.open_training_data(config)
+    self.config = config = configuration.resolve(config, training_data.facts)
+    self.steps_per_epoch = config.num_train_examples // config.batch_size
+    if self.steps_per_epoch == 0:
+      raise UserError(f"batch_size {config.batch_size} exceeds the {config.num_train_examples} "
+                      f"examples of {config.train_split}: use a smaller batch_size")
+    self.num_train_steps = config.num_train_steps or max(
+        1, int(round(config.num_epochs * self.steps_per_epoch)))
+    return training_data
+
+  def _create_state(self, init_checkpoint: checkpointing.Restored | None) -> None:
+    config = self.config
+    self.schedule = steps.learning_rate_schedule(config, self.steps_per_epoch,
+                                                 self.num_train_steps)
+    model = steps.create_model(config)
+    init_variables = (self._fit_init_checkpoint(model, init_checkpoint)
+                      if init_checkpoint else None)
+    self.state = steps.create_train_state(config, model, self.schedule, self.mesh,
+                                          init_variables)
+
+  def _fit_init_checkpoint(self, model, restored: checkpointing.Restored) -> dict:
     """Variables of config.init_checkpoint fitted to this model (head re-initialised if needed)."""
-    config, model = self.config, self.model
-    variables, _, step = self.init_checkpoint
-    init = lambda: model.init(jax.random.key(config.seed), np.zeros(
-        (1, *train.model_input_shape(config)), np.float32), train=False)
+    source = self.config.init_checkpoint
+    init = steps.init_variables_fn(self.config, model)
     # Shapes first: a checkpoint of another architecture fails before anything compiles.
-    pretrained.merge(jax.eval_shape(init)["params"], variables["params"], config.init_checkpoint)
-    fresh = train.run_once(init)
-    params, head_reset = pretrained.merge(fresh["params"], variables["params"],
-                                          config.init_checkpoint)
-    batch_stats, _ = pretrained.merge(fresh.get("batch_stats", {}), variables["batch_stats"],
-                                      config.init_checkpoint)
-    logging.info("initialised from %s (step %d)%s", config.init_checkpoint, step,
-                 f"; classifier head re-initialised for {self.dataset.num_classes} classes"
+    pretrained.merge(jax.eval_shape(init)["params"], restored.variables["params"], source)
+    fresh = steps.run_unoptimized(init)
+    params, head_reset = pretrained.merge(fresh["params"], restored.variables["params"], source)
+    batch_stats, _ = pretrained.merge(fresh.get("batch_stats", {}),
+                                      restored.variables["batch_stats"], source)
+    logging.info("initialised from %s (step %d)%s", source, restored.step,
+                 f"; classifier head re-initialised for {self.config.num_classes} classes"
                  if head_reset else "")
     return {"params": params, "batch_stats": batch_stats}
 
-  # Checkpoints ----------------------------------------------------------
+  def _compile(self, training_data: data.TrainingData) -> None:
+    self.train_step = steps.compile_train_step(self.config, self.mesh, self.schedule)
+    if training_data.memory is not None:
+      self.train_input = data.MemoryTrainInput(training_data.memory.train, self.mesh)
+      eval_split = training_data.memory.eval
+    else:
+      self.train_input = data.StreamTrainInput(self.config, training_data.train_source,
+                                               self.mesh, self.num_train_steps)
+      eval_split = training_data.eval_source
+    self.evaluator = evaluation.Evaluator(self.config, self.mesh, eval_split)
+
+  # Checkpoints -------------------------------------------------------------
 
   def saved_state(self) -> dict:
     return serialization.to_state_dict(self.state)
@@ -195,136 +128,141 @@ class Run:
     # The newer ones were damaged: moved aside, kept for a look, so that this run
     # can save those steps again and a later resume does not meet them first.
     if damaged := [s for s in self.checkpointer.steps() if s > step]:
-      destination = os.path.join(self.workdir, "damaged_checkpoints")
-      if self.is_lead:
-        for bad in damaged:
-          moved = self.checkpointer.move_aside(bad, destination)
-          logging.warning("damaged checkpoint %s moved to %s (delete it once you have looked "
-                          "at it); training goes on from step %d",
-                          os.path.join(self.checkpointer.directory, str(bad)), moved, step)
-      if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("damaged checkpoints moved aside")
-        self.checkpointer.manager.reload()
+      self._move_damaged_aside(damaged, step)
+
+  def _move_damaged_aside(self, damaged: list[int], step: int) -> None:
+    destination = os.path.join(self.workdir, "damaged_checkpoints")
+    if self.is_lead:
+      for bad in damaged:
+        moved = self.checkpointer.move_aside(bad, destination)
+        logging.warning("damaged checkpoint %s moved to %s (delete it once you have looked "
+                        "at it); training goes on from step %d",
+                        os.path.join(self.checkpointer.directory, str(bad)), moved, step)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("damaged checkpoints moved aside")
+      self.checkpointer.manager.reload()
+
+  def _what_is_saved(self) -> str:
+    if self.checkpointer.latest_step() is None:
+      return f"no checkpoint had been saved in {self.checkpointer.directory} yet"
+    return f"the last saved checkpoint in {self.checkpointer.directory} is unchanged"
 
   def save(self, step: int, eval_metrics: dict | None, force: bool = False) -> None:
     # A finite loss can still be followed by an update to Inf: such a state is never saved.
     if not bool(all_finite((self.state.params, self.state.batch_stats, self.state.opt_state))):
       raise NonFiniteLossError(
-          f"the parameters became NaN or Inf at step {step}; the last saved checkpoint in "
-          f"{self.checkpointer.directory} is unchanged: lower --config.learning_rate or check "
-          "the data, then rerun to resume")
+          f"the parameters became NaN or Inf at step {step}; {self._what_is_saved()}: lower "
+          "--config.learning_rate or check the data, then rerun to resume")
     metrics = {"eval_accuracy": eval_metrics["eval_accuracy"]} if eval_metrics else None
     self.checkpointer.save(step, self.saved_state(), configuration.to_json(self.config),
                            metrics, force=force)
 
-  # Loop -----------------------------------------------------------------
+  # The loop ----------------------------------------------------------------
 
-  def run_eval(self, step: int) -> dict:
-    totals = jax.device_get(self.evaluate(self.state, self.eval_data))
-    return train.summarize_eval(totals)
-
-  def train_and_evaluate(self) -> dict:
+  def train(self) -> dict:
+    """Trains from the latest checkpoint to the last step; returns the run's result."""
     config = self.config
     self.restore_latest()
     if self.is_lead:
-      write_json(os.path.join(self.workdir, "config.json"), configuration.to_json(config))
+      workdirs.write_json(os.path.join(self.workdir, "config.json"), configuration.to_json(config))
     start = int(jax.device_get(self.state.step))
+    self.train_input.start(start)
     every = lambda epochs: max(1, int(round(epochs * self.steps_per_epoch)))
     eval_every, checkpoint_every = every(config.eval_every_epochs), every(config.checkpoint_every_epochs)
-    pending, last_eval = [], None
-    tick_time, tick_step, started = time.time(), start, time.time()
-    progress = progress_bar.Progress(self.steps_per_epoch, self.num_train_steps, start,
-                                     enabled=self.is_lead and not self.quiet)
-
-    def flush(step: int) -> None:
-      """Reads the pending step metrics (one device sync), checks and writes them."""
-      nonlocal pending, tick_time, tick_step
-      if not pending:
-        return
-      values = jax.device_get(pending)
-      first = step - len(values) + 1  # Loop index of values[0]; its step number is one more.
-      for offset, record in enumerate(values):
-        if not math.isfinite(float(record["train_loss"])):
-          raise NonFiniteLossError(
-              f"loss became {float(record['train_loss'])} at step {first + offset + 1}; the last "
-              f"saved checkpoint in {self.checkpointer.directory} is unchanged: lower "
-              "--config.learning_rate or check the data, then rerun to resume")
-      now = time.time()
-      means = {k: float(np.mean([r[k] for r in values])) for k in ("train_loss", "train_accuracy")}
-      means["learning_rate"] = float(values[-1]["learning_rate"])
-      means["images_per_second"] = (step + 1 - tick_step) * config.batch_size / max(now - tick_time, 1e-9)
-      self.writer.write(step + 1, (step + 1) / self.steps_per_epoch, means)
-      progress.update_metrics(means)
-      pending, tick_time, tick_step = [], now, step + 1
-
-    with StopRequested() as stop:
-      step = start
-      for step in range(start, self.num_train_steps):
-        self.state, metrics = self.train_step(self.state, self.train_data)
-        pending.append(metrics)
-        progress.advance(step + 1)
-        done = step + 1 == self.num_train_steps
-        if (step + 1) % config.log_every_steps == 0 or done:
-          flush(step)
-        if (step + 1) % eval_every == 0 or done:
-          flush(step)
-          last_eval = self.run_eval(step + 1)
-          self._log_eval(step + 1, last_eval, time.time() - started)
-        if (step + 1) % checkpoint_every == 0 or done:
-          flush(step)  # Never save a state whose losses were not checked.
-          self.save(step + 1, last_eval if (step + 1) % eval_every == 0 or done else None)
-        if stop.requested(step + 1):
-          flush(step)
-          if self.checkpointer.latest_step() != step + 1:  # Not just saved on schedule.
-            self.save(step + 1, None, force=True)
-          self.checkpointer.wait()
-          progress.close()
-          logging.warning("stopped by %s at step %d; checkpoint saved in %s: rerun the same "
-                          "command to resume", stop.signal_name, step + 1,
-                          os.path.join(self.checkpointer.directory, str(step + 1)))
-          self.close()
-          raise SystemExit(143 if stop.signal_name == "SIGTERM" else 130)
-    progress.close()
+    last = self.num_train_steps
+    self.metrics = reporting.MetricsBuffer(config.batch_size, start)
+    self.started = time.time()
+    last_eval = None
+    self.progress = progress_bar.Progress(self.steps_per_epoch, last, start,
+                                          enabled=self.is_lead and not self.quiet)
+    try:
+      with signals.StopRequested() as stop:
+        for step in range(start + 1, last + 1):  # `step` counts the steps done after this one.
+          self.state, step_metrics = self.train_step(self.state, self.train_input.next())
+          self.metrics.append(step_metrics)
+          self.progress.advance(step)
+          if is_due(step, config.log_every_steps, last):
+            self._write_train_metrics(step)
+          evaluated = is_due(step, eval_every, last)
+          if evaluated:
+            self._write_train_metrics(step)
+            last_eval = self._evaluate(step)
+          if is_due(step, checkpoint_every, last):
+            self._write_train_metrics(step)  # Never save a state whose losses were not checked.
+            self.save(step, last_eval if evaluated else None)
+          if stop.requested(step):
+            self._stop(step, stop.signal_name)
+    finally:
+      self.progress.close()
     self.checkpointer.wait()
     best_step = self.checkpointer.best_step()
-    return {"step": self.num_train_steps, "eval": last_eval, "wall_time_s": time.time() - started,
+    return {"step": last, "eval": last_eval, "wall_time_s": time.time() - self.started,
             "best_checkpoint": os.path.join(self.checkpointer.directory, str(best_step))}
 
-  def _log_eval(self, step: int, metrics: dict, wall_time_s: float) -> None:
+  def _write_train_metrics(self, step: int) -> None:
+    try:
+      means = self.metrics.read(step)
+    except NonFiniteLossError as e:
+      raise NonFiniteLossError(f"{e}; {self._what_is_saved()}: lower --config.learning_rate or "
+                               "check the data, then rerun to resume") from None
+    if means is not None:
+      self.writer.write(step, step / self.steps_per_epoch, means)
+      self.progress.update_metrics(means)
+
+  def _evaluate(self, step: int) -> dict:
+    metrics = self.evaluator.run(self.state)
     epoch = step / self.steps_per_epoch
-    self.writer.write(step, epoch, {"eval_loss": metrics["eval_loss"],
-                                    "eval_accuracy": metrics["eval_accuracy"],
-                                    "wall_time_s": wall_time_s})
+    scalars = {k: metrics[k] for k in ("eval_loss", "eval_accuracy", "eval_top5_accuracy")
+               if k in metrics}
+    self.writer.write(step, epoch, {**scalars, "wall_time_s": time.time() - self.started})
+    self._report_data_wait()
     if self.is_lead:
       logging.info("step %d (epoch %.2f): eval_loss %.4f, eval_accuracy %.2f%% over %d examples",
                    step, epoch, metrics["eval_loss"], 100 * metrics["eval_accuracy"],
                    metrics["eval_count"])
+    return metrics
+
+  def _report_data_wait(self) -> None:
+    """Says when streamed steps waited on the host pipeline for much of the time."""
+    if not self.train_input.waits_on_host:
+      return
+    elapsed = time.time() - self.started
+    fraction = self.train_input.wait_seconds / max(elapsed, 1e-9)
+    if fraction > 0.1 and self.is_lead:
+      logging.warning("the step waited on data for %.0f%% of the time: raise "
+                      "--config.data_workers (now %d) if the machine has idle cores",
+                      100 * fraction, self.config.data_workers)
+
+  def _stop(self, step: int, signal_name: str) -> None:
+    """Saves the current step (unless just saved on schedule) and raises Stopped."""
+    self._write_train_metrics(step)
+    if self.checkpointer.latest_step() != step:
+      self.save(step, None, force=True)
+    self.checkpointer.wait()
+    self.progress.close()
+    saved = os.path.join(self.checkpointer.directory, str(step))
+    message = (f"stopped by {signal_name} at step {step}; checkpoint saved in {saved}: rerun "
+               "the same command to resume")
+    logging.warning(message)
+    raise Stopped(signal_name, message)
 
   def close(self) -> None:
+    self.train_input.close()
     self.checkpointer.close()
     self.writer.close()
 
 
-def resolve(config: ml_collections.ConfigDict, dataset: input_pipeline.Dataset) -> ml_collections.ConfigDict:
-  """The config with what the data decided filled in; this is what gets saved."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  with config.unlocked():
-    config.num_classes = dataset.num_classes
-    config.mean, config.std = tuple(dataset.mean), tuple(dataset.std)
-    config.class_names = list(dataset.class_names)
-    config.input_shape = tuple(dataset.train.images.shape[1:])  # Native H, W, C.
-    config.eval_batch_size = config.eval_batch_size or config.batch_size
-  return config
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: bool = False) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: bool = False,
+                       print_summary: bool = False) -> dict:
   """Trains (resuming from workdir's latest checkpoint), evaluates and checkpoints."""
-  run = Run(config, workdir, quiet)
+  trainer = Trainer(config, workdir, quiet)
   try:
-    result = run.train_and_evaluate()
+    result = trainer.train()
   finally:
-    run.close()
+    trainer.close()
+  if print_summary and jax.process_index() == 0:
+    print(final_summary(workdir, result))
   return result
 
 

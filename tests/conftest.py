@@ -46,6 +46,50 @@ def tiny_flags(workdir, data_dir, **overrides) -> list[str]:
       f"--config.{k}={v}" for k, v in values.items()]
 
 
+def resolved_config(config=None, size=16, num_train_examples=64, **overrides):
+  """A config resolved as if 3-channel size x size images of 10 classes had loaded."""
+  from resnet_jax import configuration
+  config = config if config is not None else tiny_config()
+  config.update(overrides)
+  return configuration.resolve(config, {
+      "num_classes": 10, "class_names": [f"class_{i}" for i in range(10)],
+      "mean": (0.5,) * 3, "std": (0.25,) * 3, "input_shape": (size, size, 3),
+      "num_train_examples": num_train_examples})
+
+
+def write_mock_cifar10(data_dir, num_examples: int) -> None:
+  """Puts mock CIFAR-10 into data_dir as the input pipeline's decoded cache, once."""
+  import tensorflow_datasets as tfds
+  from resnet_jax import input_pipeline
+  if os.path.isdir(os.path.join(data_dir, "resnet_jax_cache")):
+    return
+  with tfds.testing.mock_data(num_examples=num_examples):
+    for split in ("train", "test"):
+      arrays, meta = input_pipeline.load_split("cifar10", split, str(data_dir))
+      input_pipeline._write_cache(input_pipeline._cache_path(str(data_dir), "cifar10", split),
+                                  arrays, meta)
+
+
+def largest_state_file(step_dir) -> str:
+  files = [os.path.join(root, name) for root, _, names in os.walk(os.path.join(step_dir, "state"))
+           for name in names]
+  return max(files, key=os.path.getsize)
+
+
+def damage_checkpoint(step_dir, how: str = "truncated") -> None:
+  """Damages the largest data file of a checkpoint's state."""
+  path = largest_state_file(step_dir)
+  if how == "truncated":  # A write cut short.
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 2)
+  elif how == "deleted":
+    os.remove(path)
+  else:  # One flipped bit in the middle: same size, other numbers.
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0x10
+    open(path, "wb").write(bytes(data))
+
+
 def run_main(args, mock_examples=64, timeout=300, env=None, check=None):
   """Runs the real command on mock data in a subprocess; returns CompletedProcess."""
   command = [sys.executable, os.path.join(REPO, "tests", "mock_main.py"),

@@ -6,9 +6,8 @@
 import sys
 
 import tensorflow_datasets as tfds
-from absl import app
 
-from resnet_jax import main
+from resnet_jax import cli, main
 
 if __name__ == "__main__":
   num_examples = 64
@@ -19,4 +18,4 @@ if __name__ == "__main__":
     else:
       argv.append(arg)
   with tfds.testing.mock_data(num_examples=num_examples):
-    app.run(main.main, argv=argv, flags_parser=main.parse_flags)
+    cli.run(main.main, argv=argv)

@@ -8,10 +8,10 @@ import runpy
 import signal
 import time
 
-from resnet_jax import train
+from resnet_jax import steps
 
 PREEMPT_AT_CALL = int(os.environ["PREEMPT_AT_CALL"])
-compile_train_step = train.compile_train_step
+compile_train_step = steps.compile_train_step
 
 
 def compile_and_preempt(*args, **kwargs):
@@ -31,5 +31,5 @@ def compile_and_preempt(*args, **kwargs):
   return preempted
 
 
-train.compile_train_step = compile_and_preempt
+steps.compile_train_step = compile_and_preempt
 runpy.run_module("resnet_jax.main", run_name="__main__", alter_sys=True)

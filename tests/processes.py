@@ -26,7 +26,8 @@ import numpy as np
 from etils import epath
 import orbax.checkpoint as ocp
 
-from resnet_jax import checkpointing, input_pipeline
+from resnet_jax import checkpointing
+from tests import conftest
 from tests.conftest import REPO, tiny_flags
 
 MOCK_EXAMPLES = 48  # Per split: 3 steps per epoch at batch 16; 2 epochs, checkpoints at 3 and 6.
@@ -67,15 +68,7 @@ def environment(devices: int) -> dict[str, str]:
 
 
 def write_mock_cifar10(data_dir) -> None:
-  """Puts mock CIFAR-10 into data_dir as the input pipeline's decoded cache, once."""
-  import tensorflow_datasets as tfds
-  if os.path.isdir(os.path.join(data_dir, "resnet_jax_cache")):
-    return
-  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    for split in ("train", "test"):
-      arrays, meta = input_pipeline.load_split("cifar10", split, str(data_dir))
-      input_pipeline._write_cache(input_pipeline._cache_path(str(data_dir), "cifar10", split),
-                                  arrays, meta)
+  conftest.write_mock_cifar10(data_dir, MOCK_EXAMPLES)
 
 
 def start(workdir, data_dir, run: Run, log_prefix) -> list[subprocess.Popen]:

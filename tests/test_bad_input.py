@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from resnet_jax import checkpointing, configuration, models, trainer
-from tests.conftest import REPO, tiny_config, tiny_flags
-from tests.test_faults import write_mock_cifar10
+from resnet_jax import workdir as workdir_module
+from tests.conftest import REPO, damage_checkpoint, tiny_config, tiny_flags, write_mock_cifar10
 
 
 def command(args, env=None, timeout=120) -> subprocess.CompletedProcess:
@@ -64,7 +64,7 @@ def trained(tmp_path_factory):
   checkpointer = checkpointing.Checkpointer(checkpointing.checkpoint_dir(str(workdir)))
   checkpointer.save(3, dict(variables), configuration.to_json(config), force=True)
   checkpointer.close()
-  trainer.write_json(str(workdir / "config.json"), configuration.to_json(config))
+  workdir_module.write_json(str(workdir / "config.json"), configuration.to_json(config))
   return workdir
 
 
@@ -148,19 +148,10 @@ def test_eval_without_checkpoint(tmp_path, state):
 # Checkpoints of other runs ---------------------------------------------------
 
 
-def damage(step_dir) -> None:
-  """Truncates the largest file of a checkpoint's state: a write cut short."""
-  files = [os.path.join(root, name) for root, _, names in os.walk(os.path.join(step_dir, "state"))
-           for name in names]
-  largest = max(files, key=os.path.getsize)
-  with open(largest, "r+b") as f:
-    f.truncate(os.path.getsize(largest) // 2)
-
-
 def test_init_checkpoint_damaged(trained, tmp_path):
   source = tmp_path / "source"
   shutil.copytree(trained, source)
-  damage(source / "checkpoints" / "3")
+  damage_checkpoint(source / "checkpoints" / "3")
   workdir = tmp_path / "run"
   result = command(tiny_flags(workdir, tmp_path / "data",
                               init_checkpoint=source / "checkpoints" / "3"))
@@ -172,7 +163,7 @@ def test_init_checkpoint_damaged(trained, tmp_path):
 
 def test_init_checkpoint_of_another_architecture(trained, tmp_path):
   # The mismatch shows once the data (number of channels) is known: give it mock data.
-  write_mock_cifar10(str(tmp_path / "data"))
+  write_mock_cifar10(str(tmp_path / "data"), 48)
   workdir = tmp_path / "run"
   result = command(tiny_flags(workdir, tmp_path / "data", init_checkpoint=trained, width=8))
   assert_clean_error(result, f"init_checkpoint {trained}", "the model expects",

@@ -1,4 +1,4 @@
-"""Tests for scripts/benchmark.py: the JSON it ends with, its PyTorch twin, its peak table."""
+"""Tests for scripts/benchmark.py and scripts/torch_baselines.py: JSON, PyTorch twin, peaks."""
 
 import importlib.util
 import json
@@ -9,9 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import REPO
+
 SCRIPT = os.path.join(REPO, "scripts", "benchmark.py")
-# Width 8, not 4: see the channels_last guard in benchmark.run_torch_worker.
+TORCH_BASELINES = os.path.join(REPO, "scripts", "torch_baselines.py")
+# Width 8, not 4: see the channels_last guard in torch_baselines.run_torch_worker.
 TINY = ["--model=resnet_tiny", "--width=8", "--batch_size=8", "--image_size=16", "--steps=2",
         "--warmup=1", "--repeats=1", "--num_examples=64"]
 KEYS = {"jax_images_per_second", "torch_images_per_second", "ratio", "device", "model", "width",
@@ -20,8 +22,9 @@ KEYS = {"jax_images_per_second", "torch_images_per_second", "ratio", "device", "
         "imported_tensorflow"}
 
 
-def load_script():
-  spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
+def load_script(path: str = SCRIPT):
+  """The script at `path` as a module (scripts/ is not a package)."""
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -79,7 +82,7 @@ def fake_jax_out(**overrides) -> dict:
 def test_no_torch_gives_null_comparison():
   benchmark = load_script()
   args = benchmark.parse_args(["--batch_size=8", "--no_torch"])
-  assert benchmark.run_torch(args, []) == ({}, {}, "--no_torch")
+  assert load_script(TORCH_BASELINES).run_torch(args) == ({}, {}, "--no_torch")
   rows, notes, out = benchmark.summarize(args, fake_jax_out(), {}, {}, "--no_torch")
   assert out["torch_images_per_second"] is None and out["ratio"] is None
   assert out["torch_variants"] == {} and "PyTorch: --no_torch" in notes
@@ -107,12 +110,12 @@ def test_torch_twin_has_the_flax_parameter_count(model, stem):
   import jax
   import jax.numpy as jnp
   from resnet_jax import models
-  benchmark = load_script()
+  baselines = load_script(TORCH_BASELINES)
   flax_model = models.create_model(model, 10, stem=stem, width=8)
   shapes = jax.eval_shape(lambda: flax_model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
                                                   train=False))
   flax_count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
-  torch_count = sum(p.numel() for p in benchmark.torch_resnet(model, stem, 8, 10).parameters())
+  torch_count = sum(p.numel() for p in baselines.torch_resnet(model, stem, 8, 10).parameters())
   assert torch_count == flax_count
 
 

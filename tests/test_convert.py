@@ -250,6 +250,79 @@ def test_given_architecture_is_checked_against_the_weights():
   assert "width=8" in _conversion_error(state_dict, width=64)
 
 
+def _save_safetensors(state_dict: dict, path) -> str:
+  from safetensors.numpy import save_file
+  save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, str(path))
+  return str(path)
+
+
+def test_safetensors_are_read_without_pytorch(tmp_path, monkeypatch):
+  variables = _tiny_variables()
+  state_dict = _as_torch_layout(variables)
+  path = _save_safetensors(state_dict, tmp_path / "resnet_tiny.safetensors")
+  monkeypatch.setitem(sys.modules, "torch", None)  # Makes `import torch` fail.
+  loaded = convert.load_torch_file(path)
+  assert loaded.keys() == state_dict.keys()
+  _assert_trees_equal(convert.from_torch_state_dict(loaded), variables)
+
+
+def test_bfloat16_safetensors_are_read(tmp_path):
+  import ml_dtypes
+  variables = _tiny_variables()
+  state_dict = {k: v.astype(ml_dtypes.bfloat16) if v.dtype == np.float32 else v
+                for k, v in _as_torch_layout(variables).items()}
+  converted = convert.from_torch_state_dict(
+      convert.load_torch_file(_save_safetensors(state_dict, tmp_path / "bf16.safetensors")))
+  expected = jax.tree.map(lambda x: x.astype(ml_dtypes.bfloat16).astype(np.float32), variables)
+  _assert_trees_equal(converted, expected)
+
+
+def test_convert_file_writes_a_checkpoint_from_safetensors(tmp_path):
+  variables = _tiny_variables()
+  path = _save_safetensors(_as_torch_layout(variables), tmp_path / "w.safetensors")
+  arch = convert.convert_file(path, str(tmp_path / "out"))
+  assert (arch.model, arch.stem, arch.width, arch.num_classes) == ("resnet_tiny", "cifar", 8, 5)
+  restored, config, _ = load_variables(str(tmp_path / "out"))
+  _assert_trees_equal(jax.device_get(restored), variables)
+  assert config["input_shape"] == [32, 32, 3]
+
+
+def _file_error(path: str) -> str:
+  with pytest.raises(UserError) as info:
+    convert.normalize_state_dict(convert.load_torch_file(path))
+  message = str(info.value)
+  assert "\n" not in message
+  return message
+
+
+def test_unknown_extension_and_foreign_files_are_one_line_errors(tmp_path):
+  path = tmp_path / "weights.ckpt"
+  path.write_bytes(b"whatever")
+  assert _file_error(str(path)) == (
+      f"{path} has the unknown extension '.ckpt': pass a .pth, .pt, .bin or .safetensors file")
+  garbage = tmp_path / "garbage.safetensors"
+  garbage.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
+  assert _file_error(str(garbage)).startswith(f"could not read {garbage} as a safetensors file")
+
+
+def test_a_state_dict_of_another_architecture_is_a_one_line_error(tmp_path):
+  vgg = {"features.0.weight": np.zeros((8, 3, 3, 3), np.float32),
+         "features.0.bias": np.zeros(8, np.float32),
+         "classifier.0.weight": np.zeros((10, 8), np.float32)}
+  path = _save_safetensors(vgg, tmp_path / "vgg.safetensors")
+  with pytest.raises(UserError) as info:
+    convert.convert_file(path, str(tmp_path / "out"))
+  assert "\n" not in str(info.value)
+  assert "cannot tell the model from the weights" in str(info.value)
+  assert "check that this is a torchvision ResNet" in str(info.value)
+  # A ResNet with a deep stem (timm's resnet50d) names the keys that do not fit.
+  deep_stem = _as_torch_layout(_tiny_variables())
+  deep_stem["conv1.0.weight"] = deep_stem.pop("conv1.weight")
+  message = _conversion_error(deep_stem, stem="cifar", width=8)
+  assert "missing keys: conv1.weight" in message and "unknown keys: conv1.0.weight" in message
+  assert not (tmp_path / "out").exists()
+
+
 def test_pth_without_pytorch_says_how_to_install(tmp_path, monkeypatch):
   path = tmp_path / "weights.pth"
   path.write_bytes(b"not read")

@@ -13,16 +13,16 @@ import time
 
 import pytest
 
-from resnet_jax import main
+from resnet_jax import distributed
 from tests import processes
 from tests.conftest import REPO, tiny_flags
 from tests.processes import Run
 
 # From the kill to the survivor's exit: jax.distributed notices the silent peer
-# after main.HEARTBEAT_TIMEOUT_S (30 s; measured 25 s here, and 2 s when the
+# after distributed.HEARTBEAT_TIMEOUT_S (30 s; measured 25 s here, and 2 s when the
 # coordinator is the one killed), then ends every other process. jax's own
 # default would be 100 s. The rest is slack for this slow shared machine.
-DEAD_PEER_EXIT_BOUND_S = main.HEARTBEAT_TIMEOUT_S + 40
+DEAD_PEER_EXIT_BOUND_S = distributed.HEARTBEAT_TIMEOUT_S + 40
 
 
 @pytest.fixture(scope="module")
@@ -98,4 +98,4 @@ def test_cluster_launch_detected(monkeypatch, variables, expected):
     monkeypatch.delenv(name, raising=False)
   for name, value in variables.items():
     monkeypatch.setenv(name, value)
-  assert main.cluster_launch() == expected
+  assert distributed.cluster_launch() == expected

@@ -24,7 +24,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from resnet_jax import checkpointing, input_pipeline, trainer
-from tests.conftest import REPO, tiny_config, tiny_flags
+from tests.conftest import REPO, damage_checkpoint, tiny_config, tiny_flags, write_mock_cifar10
 
 MOCK_EXAMPLES = 48  # Per split: 3 steps per epoch at batch 16.
 # A schedule that does not depend on the run's length: every run here compiles
@@ -32,19 +32,10 @@ MOCK_EXAMPLES = 48  # Per split: 3 steps per epoch at batch 16.
 CONSTANT_LR = {"lr_schedule": "constant", "warmup_epochs": 0.0}
 
 
-def write_mock_cifar10(data_dir: str) -> None:
-  """Puts mock CIFAR-10 into data_dir as the input pipeline's decoded cache."""
-  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    for split in ("train", "test"):
-      arrays, meta = input_pipeline.load_split("cifar10", split, data_dir)
-      input_pipeline._write_cache(input_pipeline._cache_path(data_dir, "cifar10", split),
-                                  arrays, meta)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
   path = tmp_path_factory.mktemp("data")
-  write_mock_cifar10(str(path))
+  write_mock_cifar10(str(path), MOCK_EXAMPLES)
   return path
 
 
@@ -105,26 +96,6 @@ def assert_all_restore(workdir) -> list[int]:
     for leaf in jax.tree.leaves(restored(workdir, step)):
       assert np.all(np.isfinite(leaf)), f"checkpoint {step} holds NaN or Inf"
   return steps
-
-
-def largest_file(step_dir) -> str:
-  files = [os.path.join(root, name) for root, _, names in os.walk(os.path.join(step_dir, "state"))
-           for name in names]
-  return max(files, key=os.path.getsize)
-
-
-def damage(step_dir, how: str) -> None:
-  """Damages the largest data file of a checkpoint's state."""
-  path = largest_file(step_dir)
-  if how == "truncated":
-    with open(path, "r+b") as f:
-      f.truncate(os.path.getsize(path) // 2)
-  elif how == "deleted":
-    os.remove(path)
-  else:  # One flipped bit in the middle: same size, other numbers.
-    data = bytearray(open(path, "rb").read())
-    data[len(data) // 2] ^= 0x10
-    open(path, "wb").write(bytes(data))
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +180,7 @@ def test_sigkill_mid_save_leaves_complete_checkpoints_and_rerun_resumes_keeping_
   if not unfinished_saves(workdir):  # The kill fell between saves: leave what a killed save leaves.
     half = os.path.join(directory, f"{latest + 1}.orbax-checkpoint-tmp")
     shutil.copytree(os.path.join(directory, str(latest)), half)
-    damage(half, "truncated")
+    damage_checkpoint(half, "truncated")
 
   # The rerun keeps one latest checkpoint besides the best (by eval accuracy, now every epoch).
   result = run(flags(workdir, data, quiet=False, num_epochs=4.0, eval_every_epochs=1.0,
@@ -230,7 +201,7 @@ def test_sigkill_mid_save_leaves_complete_checkpoints_and_rerun_resumes_keeping_
 @pytest.mark.parametrize("how", ["truncated", "deleted", "changed_bytes"])
 def test_damaged_file_fails_restore(trained, tmp_path, how):
   workdir = copy_of(trained, tmp_path)
-  damage(workdir / "checkpoints" / "6", how)
+  damage_checkpoint(workdir / "checkpoints" / "6", how)
   # Orbax notices a short or missing file; changed bytes only the checksums catch.
   expected = checkpointing.DamagedCheckpointError if how == "changed_bytes" else Exception
   with checkpoints(workdir) as manager:
@@ -242,7 +213,7 @@ def test_damaged_file_fails_restore(trained, tmp_path, how):
 def test_damaged_checkpoint_eval_falls_back_and_resume_moves_it_aside(trained, tmp_path, data):
   workdir = copy_of(trained, tmp_path)
   directory = checkpointing.checkpoint_dir(str(workdir))
-  damage(os.path.join(directory, "6"), "truncated")
+  damage_checkpoint(os.path.join(directory, "6"), "truncated")
 
   result = run([f"--workdir={workdir}", "--mode=eval", "--quiet"], check=0)
   assert f"checkpoint {directory}/6 is damaged and was skipped" in result.stderr

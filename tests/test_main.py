@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from resnet_jax import checkpointing, train, trainer
-from tests.conftest import run_main, tiny_config, tiny_flags
+from resnet_jax import checkpointing, steps, trainer
+from resnet_jax.errors import Stopped
+from tests.conftest import REPO, run_main, tiny_config, tiny_flags
 
 MOCK_EXAMPLES = 48  # Per split: 3 steps per epoch at batch 16.
 
@@ -54,7 +55,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
     trainer.train_and_evaluate(config, str(tmp_path / "straight"), quiet=True)
 
-    compile_step = train.compile_train_step
+    compile_step = steps.compile_train_step
     calls = {"n": 0}
 
     def compile_and_interrupt(*args, **kwargs):
@@ -67,12 +68,12 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
         return step(state, data)
       return interrupted
 
-    monkeypatch.setattr(train, "compile_train_step", compile_and_interrupt)
-    with pytest.raises(SystemExit) as stopped:
+    monkeypatch.setattr(steps, "compile_train_step", compile_and_interrupt)
+    with pytest.raises(Stopped) as stopped:
       trainer.train_and_evaluate(config, str(tmp_path / "resumed"), quiet=True)
-    assert stopped.value.code == 143
+    assert stopped.value.exit_code == 143
     assert final_params(tmp_path / "resumed")[0] == 5  # Saved at the signal, not at step 3.
-    monkeypatch.setattr(train, "compile_train_step", compile_step)
+    monkeypatch.setattr(steps, "compile_train_step", compile_step)
     trainer.train_and_evaluate(config, str(tmp_path / "resumed"), quiet=True)
 
   step_a, straight = final_params(tmp_path / "straight")
@@ -89,7 +90,7 @@ def test_offline_without_data_fails_in_one_line(tmp_path):
       [sys.executable, "-m", "resnet_jax.main", "--config=configs/tiny.py", f"--workdir={workdir}",
        f"--config.data_dir={tmp_path / 'empty'}", f"--config.manual_dir={tmp_path / 'archives'}"],
       capture_output=True, text=True, timeout=120,
-      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+      cwd=REPO)
   assert result.returncode == 2
   assert "Traceback" not in result.stderr
   assert result.stderr.strip().splitlines()[-1].startswith("error: manual_dir")

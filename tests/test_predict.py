@@ -1,10 +1,13 @@
 """Tests for resnet_jax.predict: file reading, agreement with model.apply, the CLI."""
 
+import csv
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_jax import input_pipeline, models, predict
+from resnet_jax import augment, models, predict
 from resnet_jax.checkpointing import Checkpointer
 from resnet_jax.errors import UserError
 
@@ -60,7 +63,7 @@ def _direct_probabilities(variables: dict, images_BHWC: np.ndarray) -> np.ndarra
   """Softmax of model.apply on uint8 images at the training resolution."""
   model = models.create_model(CONFIG["model"], CONFIG["num_classes"], CONFIG["stem"],
                               CONFIG["width"])
-  x = input_pipeline.preprocess(images_BHWC, CONFIG["mean"], CONFIG["std"],
+  x = augment.preprocess(images_BHWC, CONFIG["mean"], CONFIG["std"],
                                 CONFIG["image_size"])
   return np.asarray(jax.nn.softmax(model.apply(variables, x, train=False), axis=-1))
 
@@ -174,3 +177,135 @@ def test_cli_missing_checkpoint_is_one_line_and_exit_2(tmp_path, image_files):
   errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
   assert len(errors) == 1 and "does not exist" in errors[0]
   assert "Traceback" not in result.stderr
+
+
+def test_cli_checkpoint_that_is_a_file_is_one_line_and_exit_2(image_files):
+  result = _run_cli(f"--checkpoint={image_files['rgb.npy']}", image_files["rgb.npy"])
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      f"error: --checkpoint={image_files['rgb.npy']} is a file, not a folder: pass the workdir "
+      "that training or resnet_jax.convert wrote, or a checkpoint folder inside it"]
+
+
+# Folders, batches, CSV.
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(tmp_path_factory) -> tuple[str, list[str]]:
+  """PNG, JPEG and .npy images among a .txt, hidden files and folders, and a subfolder."""
+  root = tmp_path_factory.mktemp("mixed")
+  rng = np.random.default_rng(2)
+  (root / "sub" / "deeper").mkdir(parents=True)
+  (root / ".cache").mkdir()
+  picture = lambda: Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8))
+  picture().save(root / "b.png")
+  picture().save(root / "a.JPG", quality=95)
+  picture().save(root / "sub" / "c.jpeg")
+  picture().save(root / "sub" / "deeper" / "d.png")
+  np.save(root / "sub" / "e.npy", rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+  picture().save(root / ".hidden.png")
+  picture().save(root / ".cache" / "f.png")
+  (root / "notes.txt").write_text("not an image")
+  (root / "sub" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+  expected = [root / "a.JPG", root / "b.png", root / "sub" / "broken.png",
+              root / "sub" / "c.jpeg", root / "sub" / "deeper" / "d.png", root / "sub" / "e.npy"]
+  return str(root), [str(p) for p in expected]
+
+
+def test_folders_expand_to_their_images_recursively_and_sorted(mixed_folder, image_files,
+                                                               tmp_path):
+  root, expected = mixed_folder
+  assert predict.expand_paths([root]) == expected
+  # Files named on the command line are taken whatever they are, in the order given.
+  assert predict.expand_paths([image_files["rgb.npy"], root, f"{root}/notes.txt"]) == [
+      image_files["rgb.npy"], *expected, f"{root}/notes.txt"]
+  # A hidden folder named on the command line is searched like any other.
+  assert predict.expand_paths([os.path.join(root, ".cache")]) == [
+      os.path.join(root, ".cache", "f.png")]
+  no_images = tmp_path / "text_only"
+  no_images.mkdir()
+  (no_images / "readme.txt").write_text("")
+  with pytest.raises(UserError, match=r"^folder .*text_only holds no image files \(\.png "):
+    predict.expand_paths([root, str(no_images)])
+
+
+def test_batches_give_the_same_predictions_and_csv_and_json_are_written(checkpoint, mixed_folder,
+                                                                        tmp_path):
+  workdir, _ = checkpoint
+  root, files = mixed_folder
+  predictor = predict.load_predictor(workdir)
+  one_batch = predict.classify_files(predictor, predict.expand_paths([root]), top_k=2)
+  in_pairs = predict.classify_files(predictor, files, top_k=2, batch_size=2)
+  assert [r["file"] for r in one_batch] == [r["file"] for r in in_pairs] == files
+  for a, b in zip(one_batch, in_pairs):
+    assert a.get("error") == b.get("error")
+    np.testing.assert_allclose([p["probability"] for p in a["predictions"]],
+                               [p["probability"] for p in b["predictions"]], rtol=1e-5)
+  assert "broken.png: cannot read it as an image" in one_batch[2]["error"]
+
+  predict.write_results(str(tmp_path / "preds.json"), one_batch)
+  assert json.loads((tmp_path / "preds.json").read_text()) == one_batch
+  predict.write_results(str(tmp_path / "preds.csv"), one_batch)
+  with open(tmp_path / "preds.csv", newline="") as f:
+    rows = list(csv.DictReader(f))
+  assert list(rows[0]) == ["file", "class_1", "probability_1", "class_2", "probability_2", "error"]
+  assert [row["file"] for row in rows] == files
+  for row, result in zip(rows, one_batch):
+    if "error" in result:
+      assert row["error"] == result["error"] and row["class_1"] == row["probability_2"] == ""
+      continue
+    assert row["error"] == ""
+    assert [row["class_1"], row["class_2"]] == [p["class"] for p in result["predictions"]]
+    assert [float(row["probability_1"]), float(row["probability_2"])] == [
+        p["probability"] for p in result["predictions"]]
+
+
+def test_output_and_checkpoint_paths_are_checked_in_one_line(tmp_path, image_files):
+  for output, problem in [(tmp_path / "preds.txt", "has the unknown extension '.txt': name it "
+                           "FILE.json or FILE.csv"),
+                          (tmp_path / "absent" / "p.csv", "is in no existing directory"),
+                          (tmp_path / "preds", "unknown extension '(none)'"),
+                          (tmp_path, "is a directory")]:
+    with pytest.raises(UserError, match=re.escape(problem)):
+      predict.check_output(str(output))
+  (tmp_path / "dir.csv").mkdir()
+  with pytest.raises(UserError, match="dir.csv is a directory"):
+    predict.check_output(str(tmp_path / "dir.csv"))
+  with pytest.raises(UserError, match=r"^--workdir=.*rgb\.npy is a file, not a folder: pass"):
+    predict.checkpoint_path(image_files["rgb.npy"], None)
+
+
+# Large images: decoded reduced, limited without Pillow's warning.
+
+
+def test_jpeg_is_decoded_reduced_and_matches_a_full_decode(tmp_path, monkeypatch):
+  y, x = np.mgrid[0:480, 0:640]
+  smooth = np.stack([y * 255 // 480, x * 255 // 640, (x + y) * 255 // 1120], -1).astype(np.uint8)
+  path = str(tmp_path / "large.jpg")
+  Image.fromarray(smooth).save(path, quality=95)
+  decoded = []
+  check_size = predict._check_size
+  monkeypatch.setattr(predict, "_check_size", lambda p, w, h: (decoded.append((w, h)),
+                                                                 check_size(p, w, h)))
+  image = predict.read_image(path, (16, 16, 3))
+  assert decoded == [(80, 60)]  # 1/8 scale: still covers 16x16.
+  with Image.open(path) as full:
+    expected = np.asarray(predict._fit(full.convert("RGB"), 16, 16), np.float64)
+  assert np.abs(image - expected).mean() < 2
+
+
+def test_images_above_the_limit_are_refused_by_name_without_pillows_warning(tmp_path,
+                                                                            monkeypatch):
+  path = str(tmp_path / "wide.png")
+  Image.fromarray(np.zeros((40, 300, 3), np.uint8)).save(path)
+  # Pillow's own limit, lowered so that it would warn (and refuse above twice as much).
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # Any warning fails the test.
+    assert predict.read_image(path, (16, 16, 3)).shape == (16, 16, 3)
+    monkeypatch.setattr(predict, "MAX_PIXELS", 10_000)
+    with pytest.raises(UserError) as info:
+      predict.read_image(path, (16, 16, 3))
+  assert str(info.value) == (f"{path}: 300x40 pixels is more than predict decodes (0.01 "
+                             "megapixels, 100x100): downscale it first")
+  assert Image.MAX_IMAGE_PIXELS == 5000  # Restored.

@@ -1,10 +1,11 @@
-"""Train state, the compiled train and eval steps, and the optimiser.
+"""Train state, optimiser, and the compiled train and eval steps.
 
 `train_step` and `eval_step` are pure functions of (state, batch). The
-`compile_*` functions wrap them with the on-device input pipeline (gather a
-batch of the dataset held on device, augment, normalise) and `jax.jit` over
-a one-axis mesh of every device: the batch is split over `data`, parameters
-are replicated, and BatchNorm statistics are taken over the global batch.
+`compile_*` functions wrap them with the on-device part of the input
+pipeline (gather a batch of the dataset held on device, augment, normalise)
+and `jax.jit` over a one-axis mesh of every device: the batch is split over
+`data`, parameters are replicated, and BatchNorm statistics are taken over
+the global batch. Everything they need is read from the resolved config.
 """
 
 import functools
@@ -21,7 +22,7 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from resnet_jax import input_pipeline, models, pretrained
+from resnet_jax import augment, models, pretrained
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -68,8 +69,8 @@ def model_input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]
   return (size or height, size or width, channels)
 
 
-def create_model(config: ml_collections.ConfigDict, num_classes: int) -> models.ResNet:
-  return models.create_model(config.model, num_classes, stem=config.stem, width=config.width,
+def create_model(config: ml_collections.ConfigDict) -> models.ResNet:
+  return models.create_model(config.model, config.num_classes, stem=config.stem, width=config.width,
                              dtype=compute_dtype(config),
                              zero_init_residual=config.zero_init_residual,
                              dropout_rate=config.dropout_rate)
@@ -116,14 +117,20 @@ def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
   return optax.multi_transform({"head": sgd(schedule), "backbone": backbone}, labels)
 
 
+def init_variables_fn(config: ml_collections.ConfigDict, model: models.ResNet) -> Callable[[], Any]:
+  """A function returning the model's freshly initialised variables."""
+  dummy = jnp.zeros((1, *model_input_shape(config)), compute_dtype(config))
+  return lambda: model.init(jax.random.key(config.seed), dummy, train=False)
+
+
 def create_train_state(config: ml_collections.ConfigDict, model: models.ResNet,
-                       image_shape: tuple[int, ...], schedule: optax.Schedule,
-                       mesh: Mesh, init_variables: Mapping | None = None) -> TrainState:
+                       schedule: optax.Schedule, mesh: Mesh,
+                       init_variables: Mapping | None = None) -> TrainState:
   """Initialises (or takes `init_variables` into) a replicated train state."""
+  fresh_variables = init_variables_fn(config, model)
 
   def init() -> TrainState:
-    dummy = jnp.zeros((1, *image_shape), compute_dtype(config))
-    variables = model.init(jax.random.key(config.seed), dummy, train=False)
+    variables = fresh_variables()
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
     if init_variables is not None:
       params, batch_stats = init_variables["params"], init_variables["batch_stats"]
@@ -131,10 +138,10 @@ def create_train_state(config: ml_collections.ConfigDict, model: models.ResNet,
                              tx=create_optimizer(config, schedule, params),
                              frozen_backbone=config.freeze_backbone)
 
-  return run_once(init, out_shardings=replicated(mesh))
+  return run_unoptimized(init, out_shardings=replicated(mesh))
 
 
-def run_once(fn: Callable[[], Any], out_shardings: Any = None) -> Any:
+def run_unoptimized(fn: Callable[[], Any], out_shardings: Any = None) -> Any:
   """Compiles `fn` without optimisation and calls it: for programs that run once.
 
   On CPU, XLA spent 50 s optimising the random initialisers of even
@@ -182,34 +189,73 @@ def eval_step(state: TrainState, batch: Batch, num_classes: int) -> Metrics:
   losses = cross_entropy(logits, batch["label"], num_classes, 0.0)
   confusion = jnp.zeros((num_classes, num_classes), jnp.float32).at[
       batch["label"], predictions].add(mask)
-  return {"loss_sum": jnp.sum(losses * mask), "correct": jnp.sum((predictions == batch["label"]) * mask),
+  sums = {"loss_sum": jnp.sum(losses * mask), "correct": jnp.sum((predictions == batch["label"]) * mask),
           "count": jnp.sum(mask), "confusion": confusion}
+  if num_classes > 5:
+    _, top5 = jax.lax.top_k(logits, 5)
+    sums["correct_top5"] = jnp.sum(jnp.any(top5 == batch["label"][:, None], axis=-1) * mask)
+  return sums
 
 
-def compile_train_step(config: ml_collections.ConfigDict, mesh: Mesh, schedule: optax.Schedule,
-                       mean, std, num_examples: int) -> Callable:
-  """(state, data) -> (state, metrics): gathers, augments and trains in one program."""
-  batch_size = config.batch_size
+def compile_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
+                       schedule: optax.Schedule) -> Callable:
+  """(state, data) -> (state, metrics): augments, normalises and trains in one program.
+
+  In memory (config.input_pipeline != "stream") `data` is the whole training
+  split on device and each step's batch is drawn from it by
+  `augment.batch_indices`; streamed, `data` is the step's batch itself.
+  """
+  batch_size, num_examples = config.batch_size, config.num_train_examples
+  streamed = config.get("input_pipeline") == "stream"
+  # A random-resized crop was already taken on the host; only the flip is left.
+  padding = 0 if config.get("train_crop") == "random_resized" else config.crop_padding
   root = jax.random.key(config.seed)
   data_key, augment_key, dropout_key = (jax.random.fold_in(root, i) for i in range(1, 4))
   step_fn = functools.partial(train_step, schedule=schedule,
                               label_smoothing=config.label_smoothing, dropout_key=dropout_key)
 
   def step(state: TrainState, data: Batch) -> tuple[TrainState, Metrics]:
-    indices = input_pipeline.batch_indices(data_key, state.step, num_examples, batch_size)
-    indices = jax.lax.with_sharding_constraint(indices, batch_sharded(mesh))
-    images = input_pipeline.random_crop_flip(
-        jax.random.fold_in(augment_key, state.step), data["image"][indices],
-        config.crop_padding, config.random_flip)
-    images = input_pipeline.preprocess(images, mean, std, config.image_size, compute_dtype(config))
-    return step_fn(state, {"image": images, "label": data["label"][indices]})
+    if streamed:
+      images, labels = data["image"], data["label"]
+    else:
+      indices = augment.batch_indices(data_key, state.step, num_examples, batch_size)
+      indices = jax.lax.with_sharding_constraint(indices, batch_sharded(mesh))
+      images, labels = data["image"][indices], data["label"][indices]
+    images = augment.random_crop_flip(jax.random.fold_in(augment_key, state.step), images,
+                                      padding, config.random_flip)
+    images = augment.preprocess(images, config.mean, config.std, config.image_size,
+                                compute_dtype(config))
+    return step_fn(state, {"image": images, "label": labels})
 
   return jax.jit(step, donate_argnums=0, out_shardings=(replicated(mesh), replicated(mesh)))
 
 
-def compile_evaluate(config: ml_collections.ConfigDict, mesh: Mesh, num_classes: int,
-                     mean, std, eval_batch_size: int) -> Callable:
-  """(state, padded eval data) -> summed metrics over every batch, in one program."""
+def zero_eval_totals(num_classes: int) -> Metrics:
+  totals = {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(()),
+            "confusion": jnp.zeros((num_classes, num_classes))}
+  if num_classes > 5:
+    totals["correct_top5"] = jnp.zeros(())
+  return totals
+
+
+def _eval_batch(state: TrainState, batch: Batch, config: ml_collections.ConfigDict) -> Metrics:
+  batch = dict(batch, image=augment.preprocess(batch["image"], config.mean, config.std,
+                                               config.image_size, compute_dtype(config)))
+  return eval_step(state, batch, config.num_classes)
+
+
+def compile_eval_batch(config: ml_collections.ConfigDict, mesh: Mesh) -> Callable:
+  """(state, batch, totals) -> totals + the batch's sums: for eval batches that stream in."""
+
+  def accumulate(state: TrainState, batch: Batch, totals: Metrics) -> Metrics:
+    return jax.tree.map(jnp.add, totals, _eval_batch(state, batch, config))
+
+  return jax.jit(accumulate, donate_argnums=2, out_shardings=replicated(mesh))
+
+
+def compile_evaluate(config: ml_collections.ConfigDict, mesh: Mesh) -> Callable:
+  """(state, padded eval data on device) -> summed metrics over every batch, in one program."""
+  eval_batch_size = config.eval_batch_size
 
   def evaluate(state: TrainState, data: Batch) -> Metrics:
     num_batches = data["label"].shape[0] // eval_batch_size
@@ -218,14 +264,9 @@ def compile_evaluate(config: ml_collections.ConfigDict, mesh: Mesh, num_classes:
       batch = {k: jax.lax.with_sharding_constraint(
           jax.lax.dynamic_slice_in_dim(v, index * eval_batch_size, eval_batch_size),
           batch_sharded(mesh)) for k, v in data.items()}
-      batch["image"] = input_pipeline.preprocess(batch["image"], mean, std, config.image_size,
-                                                 compute_dtype(config))
-      metrics = eval_step(state, batch, num_classes)
-      return jax.tree.map(jnp.add, totals, metrics), None
+      return jax.tree.map(jnp.add, totals, _eval_batch(state, batch, config)), None
 
-    zeros = {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(()),
-             "confusion": jnp.zeros((num_classes, num_classes))}
-    totals, _ = jax.lax.scan(body, zeros, jnp.arange(num_batches))
+    totals, _ = jax.lax.scan(body, zero_eval_totals(config.num_classes), jnp.arange(num_batches))
     return totals
 
   return jax.jit(evaluate, out_shardings=replicated(mesh))

@@ -7,8 +7,8 @@ import optax
 import pytest
 from flax import traverse_util
 
-from resnet_jax import train
-from tests.conftest import tiny_config
+from resnet_jax import augment, evaluation, steps
+from tests.conftest import resolved_config, tiny_config
 
 NUM_EXAMPLES = 64
 
@@ -20,13 +20,14 @@ def synthetic_data(n=NUM_EXAMPLES, seed=0, size=16):
 
 
 def setup(config, size=16, n=NUM_EXAMPLES):
-  mesh = train.create_mesh()
+  mesh = steps.create_mesh()
   steps_per_epoch = n // config.batch_size
-  schedule = train.learning_rate_schedule(config, steps_per_epoch, 4 * steps_per_epoch)
-  model = train.create_model(config, 10)
-  state = train.create_train_state(config, model, (size, size, 3), schedule, mesh)
-  step = train.compile_train_step(config, mesh, schedule, (0.5,) * 3, (0.25,) * 3, n)
-  data = {k: train.put_replicated(v, mesh) for k, v in synthetic_data(n, size=size).items()}
+  schedule = steps.learning_rate_schedule(config, steps_per_epoch, 4 * steps_per_epoch)
+  config = resolved_config(config, size=size, num_train_examples=n)
+  model = steps.create_model(config)
+  state = steps.create_train_state(config, model, schedule, mesh)
+  step = steps.compile_train_step(config, mesh, schedule)
+  data = {k: steps.put_replicated(v, mesh) for k, v in synthetic_data(n, size=size).items()}
   return state, step, data, mesh
 
 
@@ -68,10 +69,10 @@ def test_eval_counts_every_example_once():
   raw = synthetic_data(n, seed=1)
   from resnet_jax import input_pipeline
   images, labels, mask = input_pipeline.pad_for_eval(input_pipeline.Split(raw["image"], raw["label"]), batch)
-  data = {k: train.put_replicated(v, mesh) for k, v in (("image", images), ("label", labels), ("mask", mask))}
-  evaluate = train.compile_evaluate(config, mesh, 10, (0.5,) * 3, (0.25,) * 3, batch)
-  result = train.summarize_eval(jax.device_get(evaluate(state, data)))
-  x = input_pipeline.preprocess(raw["image"], (0.5,) * 3, (0.25,) * 3)
+  data = {k: steps.put_replicated(v, mesh) for k, v in (("image", images), ("label", labels), ("mask", mask))}
+  evaluate = steps.compile_evaluate(resolved_config(config, eval_batch_size=batch), mesh)
+  result = evaluation.summarize(jax.device_get(evaluate(state, data)))
+  x = augment.preprocess(raw["image"], (0.5,) * 3, (0.25,) * 3)
   logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, x, train=False)
   expected_correct = int(np.sum(np.argmax(logits, -1) == raw["label"]))
   assert result["eval_count"] == n
@@ -83,13 +84,13 @@ def test_eval_counts_every_example_once():
 
 def test_schedule_warms_up_then_decays_to_zero():
   config = tiny_config(learning_rate=0.4, warmup_epochs=1.0)
-  schedule = train.learning_rate_schedule(config, 10, 100)
+  schedule = steps.learning_rate_schedule(config, 10, 100)
   assert float(schedule(0)) == pytest.approx(0.04)  # lr / warmup_steps: step 0 trains.
   assert float(schedule(5)) == pytest.approx(0.22)
   assert float(schedule(10)) == pytest.approx(0.4)
   assert float(schedule(55)) == pytest.approx(0.2, rel=1e-4)
   assert float(schedule(100)) == pytest.approx(0.0, abs=1e-7)
-  constant = train.learning_rate_schedule(tiny_config(lr_schedule="constant", warmup_epochs=0.0), 10, 100)
+  constant = steps.learning_rate_schedule(tiny_config(lr_schedule="constant", warmup_epochs=0.0), 10, 100)
   assert float(constant(0)) == float(constant(99)) == pytest.approx(0.05)
 
 
@@ -97,7 +98,7 @@ def test_schedule_warms_up_then_decays_to_zero():
 def test_weight_decay_mask(decay_bn_and_bias):
   config = tiny_config(weight_decay=0.1, decay_bn_and_bias=decay_bn_and_bias)
   params = {"conv": {"kernel": jnp.ones((3, 3, 1, 1))}, "bn": {"scale": jnp.ones((4,))}}
-  tx = train.create_optimizer(config, optax.constant_schedule(1.0), params)
+  tx = steps.create_optimizer(config, optax.constant_schedule(1.0), params)
   updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
   np.testing.assert_allclose(updates["conv"]["kernel"], -0.1)
   np.testing.assert_allclose(updates["bn"]["scale"], -0.1 if decay_bn_and_bias else 0.0)
@@ -121,7 +122,7 @@ def test_frozen_backbone_stays_bit_identical():
 def test_backbone_lr_scale_scales_backbone_updates():
   config = tiny_config(backbone_lr_scale=0.5, weight_decay=0.0)
   params = {"fc": {"kernel": jnp.ones((2, 2))}, "conv1": {"kernel": jnp.ones((2, 2))}}
-  tx = train.create_optimizer(config, optax.constant_schedule(1.0), params)
+  tx = steps.create_optimizer(config, optax.constant_schedule(1.0), params)
   grads = jax.tree.map(jnp.ones_like, params)
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(updates["fc"]["kernel"], -1.0)

@@ -1,0 +1,141 @@
+"""Exact evaluation: one evaluator for the training loop and `--mode=eval`.
+
+Every example of the eval split counts once: the split is padded to whole
+batches with a mask, correct predictions and losses are summed on device,
+and the host divides once.
+"""
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+from absl import logging
+from jax.sharding import Mesh
+
+from resnet_jax import (checkpointing, configuration, data, input_pipeline, steps,
+                        workdir as workdirs)
+from resnet_jax.errors import UserError
+
+# Fields an eval run may take from the command line; the rest come from the run.
+DATA_FIELDS = ("data_dir", "manual_dir", "eval_split", "eval_batch_size")
+
+
+class Evaluator:
+  """Evaluates any state of the model the config describes: `run(state)` -> metrics.
+
+  In memory the eval split is padded, placed on every device and its whole
+  pass compiled into one program, once; streamed, padded batches come from
+  the host pipeline and one compiled program adds up each batch's sums.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, split: Any):
+    self.config, self.mesh = config, mesh
+    if isinstance(split, input_pipeline.Split):
+      images, labels, mask = input_pipeline.pad_for_eval(split, config.eval_batch_size)
+      self.data = {name: steps.put_replicated(array, mesh)
+                   for name, array in (("image", images), ("label", labels), ("mask", mask))}
+      self._evaluate = steps.compile_evaluate(config, mesh)
+    else:
+      self.source = split
+      self._accumulate = steps.compile_eval_batch(config, mesh)
+
+  def run(self, state: steps.TrainState) -> dict[str, Any]:
+    if hasattr(self, "data"):
+      return summarize(jax.device_get(self._evaluate(state, self.data)))
+    totals = jax.device_put(steps.zero_eval_totals(self.config.num_classes),
+                            steps.replicated(self.mesh))
+    for batch in data.stream_eval_batches(self.config, self.source, self.mesh):
+      totals = self._accumulate(state, batch, totals)
+    return summarize(jax.device_get(totals))
+
+
+def summarize(totals: Mapping[str, Any]) -> dict[str, Any]:
+  """Host-side: fractions from the summed eval metrics."""
+  import numpy as np
+  count = float(totals["count"])
+  confusion = np.asarray(totals["confusion"])
+  per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
+  result = {"eval_loss": float(totals["loss_sum"]) / count,
+            "eval_accuracy": float(totals["correct"]) / count, "eval_count": int(count),
+            "per_class_accuracy": per_class.tolist(),
+            "confusion_matrix": confusion.astype(int).tolist()}
+  if "correct_top5" in totals:
+    result["eval_top5_accuracy"] = float(totals["correct_top5"]) / count
+  return result
+
+
+def eval_config(workdir: str, checkpoint_config: Mapping[str, Any],
+                requested: ml_collections.ConfigDict | None) -> ml_collections.ConfigDict:
+  """The run's config (config.json, else the checkpoint's own), with data fields from the command line.
+
+  Normalisation, classes and image shape always come from the run: the
+  weights were trained with them.
+  """
+  saved = configuration.read_saved(workdir) or dict(checkpoint_config)
+  if not saved:
+    raise UserError(f"{workdir} has no config.json and its checkpoint holds no config: pass "
+                    "the workdir of a run written by resnet_jax")
+  converted = saved.get("dataset") == "converted"  # Weights from resnet_jax.convert.
+  if requested is not None and not converted:
+    configuration.check_same_architecture(saved, requested, workdir)
+  config = configuration.from_json(saved)
+  if requested is not None:
+    for field in DATA_FIELDS + (("dataset",) if converted else ()):
+      if requested[field]:
+        config[field] = requested[field]
+  if converted and requested is None:
+    raise UserError(f"{workdir} holds converted weights without a dataset: pass "
+                    "--config=configs/<name>.py (or --config.dataset) naming the data to evaluate on")
+  return config
+
+
+def evaluate_workdir(workdir: str, requested: ml_collections.ConfigDict | None = None) -> dict:
+  """Restores the best checkpoint (latest where none is marked), evaluates, writes eval.json."""
+  workdir = os.path.abspath(workdir)
+  directory = checkpointing.checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    raise UserError(f"{workdir} has no checkpoints: train first (same command without "
+                    "--mode=eval), or pass the workdir of a trained run")
+  restored = checkpointing.load_variables(workdir, action="evaluating")
+  config = eval_config(workdir, restored.config, requested)
+  split = data.open_eval_split(config)
+  if isinstance(split, input_pipeline.Split):
+    class_names, input_shape = config.get("class_names"), split.images.shape[1:]
+  else:
+    class_names, input_shape = split.class_names, config.input_shape
+  if not config.get("mean"):  # Saved by an older trainer: the split's own statistics.
+    logging.warning("%s saved no normalisation: using the eval split's own", workdir)
+  mean, std = ((config.mean, config.std) if config.get("mean")
+               else input_pipeline.channel_stats(split.images))
+  config = configuration.resolve(config, {
+      "num_classes": config.num_classes or len(data.class_names_of(config, split)),
+      "class_names": class_names or data.class_names_of(config, split),
+      "mean": mean, "std": std, "input_shape": input_shape,
+      "num_train_examples": config.get("num_train_examples", 0)})
+  mesh = steps.create_mesh()
+  model = steps.create_model(config)
+  place = lambda tree: jax.device_put(tree, steps.replicated(mesh))
+  state = steps.TrainState.create(apply_fn=model.apply, tx=optax.identity(),
+                                  params=place(restored.variables["params"]),
+                                  batch_stats=place(restored.variables["batch_stats"]))
+  metrics = Evaluator(config, mesh, split).run(state)
+  result = {"step": restored.step, "checkpoint": os.path.join(directory, str(restored.step)),
+            "eval_split": config.eval_split, **metrics, "class_names": list(config.class_names)}
+  if jax.process_index() == 0:
+    workdirs.write_json(os.path.join(workdir, "eval.json"), result)
+    print(format_eval(result))
+  return result
+
+
+def format_eval(result: dict) -> str:
+  names = result["class_names"] or [str(i) for i in range(len(result["per_class_accuracy"]))]
+  lines = [f"checkpoint {result['checkpoint']} (step {result['step']}) on {result['eval_split']}: "
+           f"accuracy {100 * result['eval_accuracy']:.2f}% over {result['eval_count']} examples, "
+           f"loss {result['eval_loss']:.4f}"]
+  width = max(len(n) for n in names)
+  lines += [f"  {name:<{width}}  {100 * acc:6.2f}%"
+            for name, acc in zip(names, result["per_class_accuracy"])]
+  return "\n".join(lines)
