@@ -4,7 +4,7 @@ Randomness comes from keys folded with the step (`fold_in(key, step)`), so a
 resumed run draws exactly what an uninterrupted one would.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -44,3 +44,117 @@ def preprocess(images_BHWC: jax.Array, mean: Sequence[float], std: Sequence[floa
     x = jax.image.resize(x, (x.shape[0], image_size, image_size, x.shape[3]), "bilinear")
   x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
   return x.astype(dtype)
+
+
+def cutout(key: jax.Array, images_BHWC: jax.Array, size: int) -> jax.Array:
+  """Zeroes one size x size square per image, placed uniformly and wholly inside it.
+
+  Applied after normalisation, so the square takes the mean colour (as in
+  airbench and DeVries & Taylor's Cutout).
+  """
+  if not size:
+    return images_BHWC
+  batch, height, width, _ = images_BHWC.shape
+  top_key, left_key = jax.random.split(key)
+  top = jax.random.randint(top_key, (batch, 1, 1), 0, height - size + 1)
+  left = jax.random.randint(left_key, (batch, 1, 1), 0, width - size + 1)
+  square_BHW = _box_mask(top, top + size, left, left + size, height, width)
+  return jnp.where(square_BHW[..., None], jnp.zeros((), images_BHWC.dtype), images_BHWC)
+
+
+def _box_mask(top: jax.Array, bottom: jax.Array, left: jax.Array, right: jax.Array,
+              height: int, width: int) -> jax.Array:
+  """[B, H, W] booleans: rows in [top, bottom) and columns in [left, right), per image."""
+  rows = jnp.arange(height)[None, :, None]
+  columns = jnp.arange(width)[None, None, :]
+  return (rows >= top) & (rows < bottom) & (columns >= left) & (columns < right)
+
+
+def mix(key: jax.Array, images_BHWC: jax.Array, targets_BK: jax.Array, mixup_alpha: float,
+        cutmix_alpha: float) -> tuple[jax.Array, jax.Array]:
+  """Mixup or CutMix of each image with a partner from the same batch, targets alike.
+
+  Partners are a random permutation of the batch; each image draws its own
+  weight lam ~ Beta(alpha, alpha). Mixup blends the whole image, lam of
+  it with 1 - lam of its partner; CutMix pastes a box of the partner
+  covering about 1 - lam of the area (clipped at the borders, the weight
+  then follows the box's real area). With both on, each image gets one or
+  the other with even odds. Each target becomes lam x its own + (1 - lam) x
+  the partner's, so it still sums to 1.
+  """
+  if not (mixup_alpha or cutmix_alpha):
+    return images_BHWC, targets_BK
+  batch, height, width, _ = images_BHWC.shape
+  partner_key, mixup_key, cutmix_key, box_key, choice_key = jax.random.split(key, 5)
+  partner = jax.random.permutation(partner_key, batch)
+  images = images_BHWC.astype(jnp.float32)
+  ones = jnp.ones((batch,), jnp.float32)
+  lam_mixup = jax.random.beta(mixup_key, mixup_alpha, mixup_alpha, (batch,)) if mixup_alpha else ones
+  mixed = _per_image(lam_mixup) * images + (1 - _per_image(lam_mixup)) * images[partner]
+  lam = lam_mixup
+  if cutmix_alpha:
+    lam_cut = jax.random.beta(cutmix_key, cutmix_alpha, cutmix_alpha, (batch,))
+    box_BHW, lam_cut = _cutmix_box(box_key, lam_cut, height, width)
+    pasted = jnp.where(box_BHW[..., None], images[partner], images)
+    use_cutmix = (jax.random.bernoulli(choice_key, 0.5, (batch,)) if mixup_alpha
+                  else jnp.ones((batch,), bool))
+    mixed = jnp.where(_per_image(use_cutmix), pasted, mixed)
+    lam = jnp.where(use_cutmix, lam_cut, lam_mixup)
+  targets = lam[:, None] * targets_BK + (1 - lam[:, None]) * targets_BK[partner]
+  return mixed.astype(images_BHWC.dtype), targets
+
+
+def _per_image(values_B: jax.Array) -> jax.Array:
+  return values_B[:, None, None, None]
+
+
+def _cutmix_box(key: jax.Array, lam_B: jax.Array, height: int,
+                width: int) -> tuple[jax.Array, jax.Array]:
+  """A box per image of about 1 - lam of the area, centred uniformly; and the lam its real area gives."""
+  cut = jnp.sqrt(1.0 - lam_B)
+  cut_height = (cut * height).astype(jnp.int32)[:, None, None]
+  cut_width = (cut * width).astype(jnp.int32)[:, None, None]
+  row_key, column_key = jax.random.split(key)
+  centre_row = jax.random.randint(row_key, (lam_B.shape[0], 1, 1), 0, height)
+  centre_column = jax.random.randint(column_key, (lam_B.shape[0], 1, 1), 0, width)
+  top, bottom = (jnp.clip(centre_row - cut_height // 2, 0, height),
+                 jnp.clip(centre_row + cut_height // 2, 0, height))
+  left, right = (jnp.clip(centre_column - cut_width // 2, 0, width),
+                 jnp.clip(centre_column + cut_width // 2, 0, width))
+  box_BHW = _box_mask(top, bottom, left, right, height, width)
+  area = jnp.mean(box_BHW, axis=(1, 2), dtype=jnp.float32)
+  return box_BHW, 1.0 - area
+
+
+def tta_views(images_BHWC: jax.Array, mode: str) -> list[tuple[float, jax.Array]]:
+  """The views test-time augmentation averages, each with its weight (they sum to 1).
+
+  "flip": the image and its mirror, 1/2 each. "flip_translate" (airbench's
+  tta_level=2): those two at 1/4 each, and the mirror pairs of the image
+  shifted by one pixel down-right and by one pixel up-left (borders
+  reflected), 1/8 each: six views.
+  """
+  if mode == "none":
+    return [(1.0, images_BHWC)]
+  if mode not in ("flip", "flip_translate"):
+    raise ValueError(f"unknown test-time augmentation {mode!r}")
+  mirror = lambda x: x[:, :, ::-1]
+  if mode == "flip":
+    return [(0.5, images_BHWC), (0.5, mirror(images_BHWC))]
+  _, height, width, _ = images_BHWC.shape
+  padded = jnp.pad(images_BHWC, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+  shifted = [padded[:, :height, :width], padded[:, 2:, 2:]]
+  return ([(0.25, images_BHWC), (0.25, mirror(images_BHWC))]
+          + [(0.125, view) for s in shifted for view in (s, mirror(s))])
+
+
+def tta_logits(apply: Callable[[jax.Array], jax.Array], images_BHWC: jax.Array,
+               mode: str) -> jax.Array:
+  """The weighted mean of apply's float32 logits over the views of `tta_views`, in one batch."""
+  views = tta_views(images_BHWC, mode)
+  if len(views) == 1:
+    return apply(images_BHWC).astype(jnp.float32)
+  batch = images_BHWC.shape[0]
+  logits = apply(jnp.concatenate([view for _, view in views])).astype(jnp.float32)
+  weights = jnp.asarray([weight for weight, _ in views], jnp.float32)
+  return jnp.einsum("v,vbk->bk", weights, logits.reshape(len(views), batch, -1))

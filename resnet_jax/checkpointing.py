@@ -2,7 +2,7 @@
 
 A checkpoint directory `<workdir>/checkpoints/<step>/` holds three items:
 `state` (a dict with `params`, `batch_stats` and, for training checkpoints,
-`opt_state` and `step`), `config` (the resolved config as JSON) and
+`opt_state`, `step` and, with config.ema_decay > 0, `ema`), `config` (the resolved config as JSON) and
 `checksums` (one number per array of `state`). Converted PyTorch weights use
 the same layout without `opt_state`.
 
@@ -20,7 +20,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -42,6 +42,14 @@ class CheckpointWriteError(UserError):
 
 class DamagedCheckpointError(Exception):
   """A checkpoint reads back, but not as it was written."""
+
+
+class CheckpointGone(Exception):
+  """A checkpoint was deleted while being read: the run writing the workdir pruned it."""
+
+
+# How often a reader picks again when the checkpoints it picks keep being pruned.
+MAX_PICKS = 20
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -104,15 +112,20 @@ class Checkpointer:
 
   def __init__(self, directory: str, keep: int = 3, read_only: bool = False):
     self.directory = os.path.abspath(directory)
+    if not read_only:
+      _check_creatable(self.directory)
     policy = pp.AnyPreservationPolicy([
         pp.LatestN(n=max(1, keep)),
         pp.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1,
                  keep_checkpoints_without_metrics=False),
     ])
     # A reader neither creates, cleans nor saves. Orbax's own read_only option
-    # would do the same but logs a warning at every open.
+    # would do the same but logs a warning at every open. best_fn only makes Orbax
+    # write each checkpoint's metrics (without it there are none, and the best
+    # checkpoint cannot be told once the run has ended); the policy decides what stays.
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=policy, enable_async_checkpointing=not read_only,
+        preservation_policy=policy, best_fn=lambda m: m[BEST_METRIC],
+        enable_async_checkpointing=not read_only,
         cleanup_tmp_directories=not read_only, create=not read_only,
         save_interval_steps=0 if read_only else 1)
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
@@ -120,6 +133,7 @@ class Checkpointer:
     self.read_only = read_only
     self._saving = None  # The step of the save in flight, if any.
     self._failed = False
+    self._abandoned = False
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -127,11 +141,25 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def latest_complete_step(self) -> int | None:
+    """The newest step on disk now (Orbax renames a save into place only once complete)."""
+    try:
+      names = os.listdir(self.directory)
+    except OSError:
+      return None
+    return max((int(n) for n in names if n.isdigit()
+                and os.path.isdir(os.path.join(self.directory, n))), default=None)
+
   def best_step(self) -> int | None:
     """The step with the highest eval accuracy; the latest where none has one."""
     best, best_value = None, None
     for step in self.steps():
-      metrics = self.manager.metrics(step) or {}
+      try:
+        metrics = self.manager.metrics(step) or {}
+      except Exception:  # Pruned since listed (a reader of a live workdir): not a candidate.
+        if not os.path.isdir(os.path.join(self.directory, str(step))):
+          continue
+        metrics = {}
       value = metrics.get(BEST_METRIC)
       if value is not None and (best_value is None or value >= best_value):
         best, best_value = step, value
@@ -209,8 +237,8 @@ class Checkpointer:
     devices: Orbax would otherwise ask for the devices the checkpoint was
     saved from, and refuse one saved on 8 GPUs when read on 1.
     """
-    if target is None:
-      target = self._replicated_here(step)
+    _quiet_failed_restores()
+    target = self._replicated_here(step) if target is None else self._fit_items(step, target)
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
     args = ocp.args.StandardRestore(abstract)
@@ -221,6 +249,16 @@ class Checkpointer:
           step, args=ocp.args.Composite(checksums=ocp.args.JsonRestore()))["checksums"]
       verify(step_dir, state, saved)
     return state
+
+  def _fit_items(self, step: int, target: Mapping[str, Any]) -> dict:
+    """target, holding just the top-level items saved at step; those it lacks as saved.
+
+    Optional items (the weight EMA) come and go with the config: a checkpoint
+    written before EMA existed still resumes a run with it on, and the other
+    way round; the train state decides what to do with what it gets.
+    """
+    saved = self._replicated_here(step)
+    return {name: target[name] if name in target else value for name, value in saved.items()}
 
   def _replicated_here(self, step: int) -> Any:
     """The saved state's shapes and dtypes, each replicated over every current device."""
@@ -236,17 +274,58 @@ class Checkpointer:
         step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 
   def restore_newest_intact(self, target: Mapping[str, Any] | None = None,
-                            steps: list[int] | None = None) -> tuple[int, dict] | None:
-    """Restores the newest checkpoint that reads back whole, warning about any that do not."""
+                            steps: list[int] | None = None,
+                            skip_gone: bool = True) -> tuple[int, dict] | None:
+    """Restores the newest checkpoint that reads back whole, warning about any that do not.
+
+    A checkpoint deleted while being read (pruned by the run that writes the
+    workdir) is no damage: it is skipped quietly, or with skip_gone=False
+    raises CheckpointGone, for the caller to pick again.
+    """
     for step in sorted(self.steps() if steps is None else steps, reverse=True):
       try:
-        return step, self.restore(step, target)
+        return step, self.restore_live(step, target)
+      except CheckpointGone:
+        if not skip_gone:
+          raise
+        logging.info("checkpoint %s was deleted while being read: skipped",
+                     os.path.join(self.directory, str(step)))
       except Exception as e:  # A damaged checkpoint fails in many ways; skip it.
         reason = (str(e).strip().splitlines() or [""])[0].split(" See full TensorStore")[0]
         logging.warning("checkpoint %s is damaged and was skipped (%s: %s)",
                         os.path.join(self.directory, str(step)), type(e).__name__, reason[:300])
         _discard_failed_restore()
     return None
+
+  def restore_live(self, step: int, target: Mapping[str, Any] | None = None,
+                   read: Callable[[int], Any] | None = None) -> Any:
+    """restore(step, target) (or read(step)), raising CheckpointGone for a step deleted meanwhile.
+
+    A training run prunes its checkpoints while readers (eval, predict) read
+    them: a read that fails because files went away must not be taken for
+    damage. Files on disk never change otherwise once Orbax has renamed a
+    save into place, so a failed read whose folder changed, or vanished,
+    met a deletion.
+    """
+    step_dir = os.path.join(self.directory, str(step))
+    before = _listing(step_dir)
+    if before is None:
+      raise CheckpointGone(step_dir)
+    try:
+      return read(step) if read is not None else self.restore(step, target)
+    except Exception:
+      if _listing(step_dir) != before:
+        _discard_failed_restore()
+        raise CheckpointGone(step_dir) from None
+      time.sleep(0.2)  # A deletion that had just begun: give it time to show.
+      if _listing(step_dir) != before:
+        _discard_failed_restore()
+        raise CheckpointGone(step_dir) from None
+      raise
+
+  def abandon(self) -> None:
+    """Gives up a save in flight (an abort): close() then neither waits for nor finalises it."""
+    self._abandoned = True
 
   def move_aside(self, step: int, destination: str) -> str:
     """Moves one step's folder out of the way (keeping it to look at); returns where it went."""
@@ -260,6 +339,8 @@ class Checkpointer:
     return target
 
   def close(self) -> None:
+    if self._abandoned:
+      return  # Closing would wait for the save; its tmp folder is deleted by the next run.
     if self._failed:  # Orbax would raise the failure again; it has been reported.
       try:
         self.manager.close()
@@ -270,6 +351,31 @@ class Checkpointer:
     self.manager.close()
 
 
+def _check_creatable(directory: str) -> None:
+  """Raises UserError when directory cannot be a folder because a file stands in its path."""
+  existing = directory
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise UserError(f"cannot write checkpoints to {directory}: {existing} is a file, not a "
+                    "folder: pass a folder path")
+
+
+def _listing(folder: str) -> frozenset | None:
+  """(path, size) of every file under folder; None when folder is gone."""
+  if not os.path.isdir(folder):
+    return None
+  found = set()
+  for root, _, names in os.walk(folder):
+    for name in names:
+      path = os.path.join(root, name)
+      try:
+        found.add((path, os.stat(path).st_size))
+      except OSError:
+        found.add((path, -1))
+  return frozenset(found)
+
+
 def _is_restore_leftover(unraisable: Any) -> bool:
   error, where = unraisable.exc_value, repr(unraisable.object)
   return ((isinstance(error, RuntimeError) and "Event loop is closed" in str(error))
@@ -277,22 +383,30 @@ def _is_restore_leftover(unraisable: Any) -> bool:
 
 
 def _discard_failed_restore() -> None:
-  """Finalises, quietly, what a failed Orbax restore leaves behind.
+  """Collects the unawaited reads of a failed restore now, while nothing else is in flight."""
+  gc.collect()
+
+
+def _quiet_failed_restores() -> None:
+  """Keeps what a failed Orbax restore leaves behind from printing reports.
 
   When one array of a damaged checkpoint cannot be read, Orbax's restore
-  raises at once, leaving the reads of the other arrays unawaited and
-  TensorStore's completions for them aimed at an event loop that has
-  closed. Each would print an "Exception ignored" report when collected;
-  they hold nothing of ours, so they are collected here, without reports.
+  raises at once, leaving the reads of the other arrays unawaited, and
+  TensorStore's threads later complete them into an event loop that has
+  closed, some before the restore has even returned. Each would print an
+  "Exception ignored" report; they hold nothing of ours. Installed before
+  the first read that may fail, the hook drops exactly those reports
+  (everything else still reaches the previous hook).
   """
-  hook = sys.unraisablehook
-  sys.unraisablehook = lambda unraisable: (None if _is_restore_leftover(unraisable)
-                                           else hook(unraisable))
-  try:
-    time.sleep(0.05)  # TensorStore's threads finish the reads already under way.
-    gc.collect()
-  finally:
-    sys.unraisablehook = hook
+  global _leftovers_hook_installed
+  if not _leftovers_hook_installed:
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: (None if _is_restore_leftover(unraisable)
+                                             else previous(unraisable))
+    _leftovers_hook_installed = True
+
+
+_leftovers_hook_installed = False
 
 
 def resolve_checkpoint(path: str) -> tuple[str, int | None]:
@@ -305,13 +419,21 @@ def resolve_checkpoint(path: str) -> tuple[str, int | None]:
   if not os.path.exists(path):
     raise UserError(f"checkpoint path {path} does not exist: pass a workdir or a "
                     "checkpoint directory written by resnet_jax")
+  if not os.path.isdir(path):
+    raise UserError(f"checkpoint path {path} is a file, not a folder: pass a workdir, its "
+                    "checkpoints/ folder, or one checkpoint step's folder")
   if os.path.isdir(os.path.join(path, "checkpoints")):
     return os.path.join(path, "checkpoints"), None
   if os.path.isdir(os.path.join(path, "state")):
     name = os.path.basename(path)
     if name.isdigit():
       return os.path.dirname(path), int(name)
-  if any(n.isdigit() for n in os.listdir(path)):
+  try:
+    names = os.listdir(path)
+  except OSError as e:
+    raise UserError(f"cannot list checkpoint path {path} ({e.strerror or e}): pass a folder "
+                    "you can read") from None
+  if any(n.isdigit() for n in names):
     return path, None
   raise UserError(f"{path} holds no resnet_jax checkpoint: pass a workdir, its "
                   "checkpoints/ folder, or one checkpoint step's folder")
@@ -330,28 +452,59 @@ def load_variables(path: str, action: str = "using") -> Restored:
   `path` is a workdir, its checkpoints/ folder or one step's folder; of a
   folder of checkpoints, the best step is read. Falls back to older steps
   when the chosen one is damaged, logging "...; {action} step N instead";
-  raises UserError when nothing can be read.
+  raises UserError when nothing can be read. Safe on the workdir of a run
+  in progress: a checkpoint that run prunes while it is read is no damage,
+  and the pick starts again from what is on disk then.
   """
-  directory, step = resolve_checkpoint(path)
-  checkpointer = Checkpointer(directory, read_only=True)
-  named = step is not None  # One step's folder: that one, or none.
-  if step is None:
-    step = checkpointer.best_step()
+  directory, named_step = resolve_checkpoint(path)
+  for _ in range(MAX_PICKS):
+    try:
+      return _load_best(path, directory, named_step, action)
+    except CheckpointGone as e:
+      if named_step is not None:
+        raise UserError(f"checkpoint {e} was deleted while being read (the run writing there "
+                        "prunes old checkpoints): pass a newer one, or the workdir") from None
+      logging.info("checkpoint %s was deleted while being read (pruned by the run writing "
+                   "there): picking again", e)
+  raise UserError(f"the checkpoints in {directory} kept being deleted while being read: "
+                  "try again, or pass one step's folder")
+
+
+def _load_best(path: str, directory: str, named_step: int | None, action: str) -> Restored:
+  """load_variables' one pick, on a fresh listing; CheckpointGone when what it picked is pruned."""
+  try:
+    checkpointer = Checkpointer(directory, read_only=True)
+  except FileNotFoundError as e:  # A step pruned while Orbax listed the folder.
+    raise CheckpointGone(e.filename or directory) from None
+  try:
+    return _load_from(checkpointer, path, directory, named_step, action)
+  finally:
+    checkpointer.close()
+
+
+def _load_from(checkpointer: Checkpointer, path: str, directory: str, named_step: int | None,
+               action: str) -> Restored:
+  step = named_step if named_step is not None else checkpointer.best_step()
   if step is None:
     raise UserError(f"{path} holds no checkpoint: train first, or pass another path")
+  named = named_step is not None  # One step's folder: that one, or none.
   steps = [step] if named else [s for s in checkpointer.steps() if s <= step]
-  restored = checkpointer.restore_newest_intact(steps=steps)
+  restored = checkpointer.restore_newest_intact(steps=steps, skip_gone=False)
   if restored is None:
     raise UserError(f"checkpoint {os.path.join(directory, str(step))} is damaged"
                     f"{'' if named else ', and so is every earlier one'}: pass another "
                     "checkpoint, or the workdir of another run")
   used_step, state = restored
+  try:
+    config = checkpointer.restore_live(used_step, read=checkpointer.restore_config)
+  except CheckpointGone:
+    raise
+  except Exception:
+    config = {}
   if used_step != step:
     logging.warning("the best checkpoint (step %d) is damaged; %s step %d instead", step, action,
                     used_step)
-  try:
-    config = checkpointer.restore_config(used_step)
-  except Exception:
-    config = {}
   variables = {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
+  if "ema" in state:
+    variables["ema"] = state["ema"]
   return Restored(variables, config, used_step)

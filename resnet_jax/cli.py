@@ -6,6 +6,7 @@ an exit code:
   2    a user's mistake (`UserError`, bad flags) or a full disk
   3    the loss or the parameters became NaN or Inf
   143  stopped by SIGTERM after saving (130 for SIGINT / Ctrl-C)
+  130  also: interrupted without saving (Ctrl-C during start-up, or three times)
 
 Library code raises; it never prints `error:` or calls `sys.exit` itself.
 """
@@ -21,6 +22,7 @@ from collections.abc import Callable, Sequence
 
 from absl import app, flags, logging
 
+from resnet_jax import signals
 from resnet_jax.errors import NonFiniteLossError, Stopped, UserError
 
 FLAGS = flags.FLAGS
@@ -40,6 +42,12 @@ class OwnInfoOnly(std_logging.Filter):
       return True
     if record.levelno < std_logging.WARNING:
       return False
+    if signals.aborting:  # Orbax on the save given up: the run's last line says what is kept.
+      return False
+    if str(record.msg).startswith("Metadata file does not exist"):
+      return False  # Orbax listing a checkpoint that a training run prunes as eval reads it.
+    if str(record.msg).startswith("Requested `tracked_metric`; did not provide metrics"):
+      return False  # Orbax at every save without an eval: only evaluated ones carry accuracy.
     if record.name == "asyncio" and "exception was never retrieved" in str(record.msg):
       return False  # Orbax's tasks after a failed save, which the run reports itself.
     if record.exc_info or "\n" in str(record.msg):
@@ -48,10 +56,15 @@ class OwnInfoOnly(std_logging.Filter):
     return True
 
 
+def print_error(message: str) -> None:
+  """One `error:` line on stderr, after whatever stdout holds."""
+  sys.stdout.flush()
+  print(f"error: {message}", file=sys.stderr, flush=True)
+
+
 def fail(message: str, code: int = USER_ERROR) -> None:
   """Prints the one `error:` line and exits; the only exit of every program but success."""
-  sys.stdout.flush()
-  print(f"error: {message}", file=sys.stderr)
+  print_error(message)
   sys.exit(code)
 
 
@@ -63,8 +76,9 @@ def exit_code_and_message(error: BaseException) -> tuple[int, str | None] | None
     return NON_FINITE, str(error)
   if isinstance(error, Stopped):
     return error.exit_code, None  # The run logged where it saved.
-  if isinstance(error, KeyboardInterrupt):
-    return 130, "interrupted before anything was saved; rerun the same command to resume"
+  if isinstance(error, KeyboardInterrupt):  # The trainer's abort says what it kept.
+    return 130, (str(error) or "interrupted before anything was saved; rerun the same command "
+                 "to resume")
   if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
     return USER_ERROR, (f"{error.strerror} writing {error.filename}: free disk space, then rerun "
                         "the same command to resume from the latest checkpoint")
@@ -83,6 +97,12 @@ def _guarded(main: Callable[[list[str]], int | None], argv: list[str]) -> None:
     code, message = known
     if message is None:
       sys.exit(code)
+    if isinstance(e, signals.Aborted):
+      # Without waiting for the threads of a save given up (Orbax's
+      # writers), which a normal exit would join, taking as long as the save.
+      print_error(message)
+      sys.stderr.flush()
+      os._exit(code)
     fail(message, code)
   sys.exit(code or 0)
 

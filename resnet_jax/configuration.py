@@ -14,7 +14,8 @@ from resnet_jax.errors import UserError
 # Fields that fix the shape of the parameters or the meaning of the data: a
 # resumed run must match its checkpoints in each.
 ARCHITECTURE_FIELDS = ("model", "stem", "width", "dataset")
-TUPLE_FIELDS = ("mean", "std", "crop_scale", "input_shape")
+TUPLE_FIELDS = ("mean", "std", "crop_scale", "input_shape", "target_accuracies")
+TTA_MODES = ("none", "flip", "flip_translate")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -52,8 +53,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise UserError(f"log_every_steps must be positive, got {config.log_every_steps}")
   if config.learning_rate < 0 or config.weight_decay < 0:
     raise UserError("learning_rate and weight_decay must not be negative")
-  if config.lr_schedule not in ("cosine", "constant"):
-    raise UserError(f"unknown lr_schedule {config.lr_schedule!r}: use 'cosine' or 'constant'")
+  if config.lr_schedule not in ("cosine", "linear", "constant"):
+    raise UserError(f"unknown lr_schedule {config.lr_schedule!r}: use 'cosine', 'linear' or "
+                    "'constant'")
+  _validate_recipe(config, devices)
   if not 0 <= config.label_smoothing < 1 or not 0 <= config.dropout_rate < 1:
     raise UserError("label_smoothing and dropout_rate must lie in [0, 1)")
   if len(config.mean) != len(config.std):
@@ -84,6 +87,41 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.init_checkpoint and not os.path.exists(config.init_checkpoint):
     raise UserError(f"init_checkpoint {config.init_checkpoint} does not exist: pass a workdir "
                     "or a checkpoint folder written by resnet_jax")
+
+
+def _validate_recipe(config: ml_collections.ConfigDict, devices: int) -> None:
+  """The regularisation, averaging, accumulation and timing fields."""
+  if config.cutout_size < 0:
+    raise UserError(f"cutout_size must not be negative, got {config.cutout_size}: set "
+                    "--config.cutout_size=0 (off) or a side in pixels, such as 12")
+  for name in ("mixup_alpha", "cutmix_alpha"):
+    if config[name] < 0:
+      raise UserError(f"{name} must not be negative, got {config[name]}: set --config.{name}=0 "
+                      "(off) or a Beta parameter such as 0.2 (mixup) or 1.0 (CutMix)")
+  if not 0 <= config.ema_decay < 1:
+    raise UserError(f"ema_decay must lie in [0, 1), got {config.ema_decay}: set "
+                    "--config.ema_decay=0 (off) or a decay per step such as 0.999")
+  if config.eval_tta not in TTA_MODES:
+    raise UserError(f"unknown eval_tta {config.eval_tta!r}: use {', '.join(map(repr, TTA_MODES))}")
+  accum = config.grad_accum_steps
+  if accum < 1:
+    raise UserError(f"grad_accum_steps must be at least 1, got {accum}: set "
+                    "--config.grad_accum_steps=1 (no accumulation) or more")
+  if config.batch_size % (accum * devices):
+    raise UserError(f"batch_size {config.batch_size} does not split into {accum} micro-batches "
+                    f"over {devices} device(s): use a multiple of {accum * devices}, such as "
+                    f"{max(1, config.batch_size // (accum * devices)) * accum * devices}")
+  if not all(isinstance(t, (int, float)) and 0 < t <= 1 for t in config.target_accuracies):
+    raise UserError(f"target_accuracies {tuple(config.target_accuracies)} must be fractions in "
+                    "(0, 1]: set --config.target_accuracies='(0.94, 0.96)'")
+
+
+def check_against_data(config: ml_collections.ConfigDict) -> None:
+  """Raises UserError for fields that do not fit the resolved data (image size)."""
+  side = min(config.image_size or config.input_shape[0], config.image_size or config.input_shape[1])
+  if config.cutout_size > side:
+    raise UserError(f"cutout_size {config.cutout_size} exceeds the {side}-pixel images the "
+                    f"model sees: set --config.cutout_size to at most {side}")
 
 
 def resolve(config: ml_collections.ConfigDict, facts: Mapping[str, Any]) -> ml_collections.ConfigDict:

@@ -74,6 +74,7 @@ def choose_pipeline(config: ml_collections.ConfigDict, shape: tuple[int, ...] | 
     if needed > budget:
       raise UserError(f"{config.dataset} needs {_gib(needed)} decoded in memory, more than "
                       f"{_gib(budget)} ({budget_text}): set --config.input_pipeline=stream")
+    logging.info("input pipeline: memory (requested; %s decoded)", _gib(needed))
     return "memory"
   if requested == "stream":
     logging.info("input pipeline: stream (requested)")
@@ -97,6 +98,7 @@ def _tfds_size(config: ml_collections.ConfigDict) -> tuple[tuple[int, ...] | Non
   cached = input_pipeline.cached_shape(config.dataset, config.train_split, config.data_dir)
   if cached is not None:
     return cached
+  input_pipeline.check_split_syntax(config.dataset, config.train_split)
   builder = input_pipeline.prepare_tfds(config.dataset, config.data_dir, config.manual_dir)
   shape = tuple(builder.info.features["image"].shape)
   try:

@@ -15,12 +15,12 @@ import optax
 from absl import logging
 from jax.sharding import Mesh
 
-from resnet_jax import (checkpointing, configuration, data, input_pipeline, steps,
+from resnet_jax import (checkpointing, configuration, data, ema, input_pipeline, steps,
                         workdir as workdirs)
 from resnet_jax.errors import UserError
 
 # Fields an eval run may take from the command line; the rest come from the run.
-DATA_FIELDS = ("data_dir", "manual_dir", "eval_split", "eval_batch_size")
+DATA_FIELDS = ("data_dir", "manual_dir", "eval_split", "eval_batch_size", "eval_tta")
 
 
 class Evaluator:
@@ -43,13 +43,19 @@ class Evaluator:
       self._accumulate = steps.compile_eval_batch(config, mesh)
 
   def run(self, state: steps.TrainState) -> dict[str, Any]:
+    """Metrics of the state's EMA weights where it keeps them, else of its raw weights.
+
+    `eval_weights` ("ema" or "raw") and `eval_tta` say what was measured.
+    """
+    state, weights = ema.for_eval(state)
+    described = {"eval_weights": weights, "eval_tta": self.config.eval_tta}
     if hasattr(self, "data"):
-      return summarize(jax.device_get(self._evaluate(state, self.data)))
+      return {**summarize(jax.device_get(self._evaluate(state, self.data))), **described}
     totals = jax.device_put(steps.zero_eval_totals(self.config.num_classes),
                             steps.replicated(self.mesh))
     for batch in data.stream_eval_batches(self.config, self.source, self.mesh):
       totals = self._accumulate(state, batch, totals)
-    return summarize(jax.device_get(totals))
+    return {**summarize(jax.device_get(totals)), **described}
 
 
 def summarize(totals: Mapping[str, Any]) -> dict[str, Any]:
@@ -86,6 +92,9 @@ def eval_config(workdir: str, checkpoint_config: Mapping[str, Any],
     for field in DATA_FIELDS + (("dataset",) if converted else ()):
       if requested[field]:
         config[field] = requested[field]
+  if config.eval_tta not in configuration.TTA_MODES:
+    raise UserError(f"unknown eval_tta {config.eval_tta!r}: use "
+                    f"{', '.join(map(repr, configuration.TTA_MODES))}")
   if converted and requested is None:
     raise UserError(f"{workdir} holds converted weights without a dataset: pass "
                     "--config=configs/<name>.py (or --config.dataset) naming the data to evaluate on")
@@ -96,6 +105,9 @@ def evaluate_workdir(workdir: str, requested: ml_collections.ConfigDict | None =
   """Restores the best checkpoint (latest where none is marked), evaluates, writes eval.json."""
   workdir = os.path.abspath(workdir)
   directory = checkpointing.checkpoint_dir(workdir)
+  if os.path.isfile(workdir):
+    raise UserError(f"--workdir={workdir} is a file, not a folder: pass the workdir of a "
+                    "training run")
   if not os.path.isdir(directory):
     raise UserError(f"{workdir} has no checkpoints: train first (same command without "
                     "--mode=eval), or pass the workdir of a trained run")
@@ -120,7 +132,8 @@ def evaluate_workdir(workdir: str, requested: ml_collections.ConfigDict | None =
   place = lambda tree: jax.device_put(tree, steps.replicated(mesh))
   state = steps.TrainState.create(apply_fn=model.apply, tx=optax.identity(),
                                   params=place(restored.variables["params"]),
-                                  batch_stats=place(restored.variables["batch_stats"]))
+                                  batch_stats=place(restored.variables["batch_stats"]),
+                                  ema=place(restored.variables.get("ema")))
   metrics = Evaluator(config, mesh, split).run(state)
   result = {"step": restored.step, "checkpoint": os.path.join(directory, str(restored.step)),
             "eval_split": config.eval_split, **metrics, "class_names": list(config.class_names)}
@@ -130,11 +143,19 @@ def evaluate_workdir(workdir: str, requested: ml_collections.ConfigDict | None =
   return result
 
 
+def describe_weights(metrics: Mapping[str, Any]) -> str:
+  """The note after an accuracy, such as " (EMA weights, flip TTA)"; "" for raw weights alone."""
+  parts = ["EMA weights"] if metrics.get("eval_weights") == "ema" else []
+  if metrics.get("eval_tta", "none") != "none":
+    parts.append(f"{metrics['eval_tta']} TTA")
+  return f" ({', '.join(parts)})" if parts else ""
+
+
 def format_eval(result: dict) -> str:
   names = result["class_names"] or [str(i) for i in range(len(result["per_class_accuracy"]))]
   lines = [f"checkpoint {result['checkpoint']} (step {result['step']}) on {result['eval_split']}: "
            f"accuracy {100 * result['eval_accuracy']:.2f}% over {result['eval_count']} examples, "
-           f"loss {result['eval_loss']:.4f}"]
+           f"loss {result['eval_loss']:.4f}{describe_weights(result)}"]
   width = max(len(n) for n in names)
   lines += [f"  {name:<{width}}  {100 * acc:6.2f}%"
             for name, acc in zip(names, result["per_class_accuracy"])]

@@ -124,7 +124,7 @@ def _prepare(builder, dataset: str, data_dir: str, manual_dir: str) -> None:
     raise UserError(f"could not prepare {dataset!r} ({first_line}): {hint}") from None
 
 
-def _check_split_syntax(dataset: str, split: str) -> None:
+def check_split_syntax(dataset: str, split: str) -> None:
   """Refuses a malformed split string before anything is downloaded (mock data accepts any)."""
   import tensorflow_datasets as tfds
   try:
@@ -157,15 +157,10 @@ def load_split(dataset: str, split: str, data_dir: str = "", manual_dir: str = "
   cached = _read_cache(path)
   if cached is not None:
     return cached
-  builder = _tfds_builder(dataset, data_dir)
-  _check_split_syntax(dataset, split)
+  check_split_syntax(dataset, split)
+  builder = prepare_tfds(dataset, data_dir, manual_dir)
   features = builder.info.features
-  if "image" not in features or "label" not in features:
-    raise UserError(f"dataset {dataset!r} has features {sorted(features.keys())}, not 'image' "
-                    "and 'label': choose an image-classification dataset")
   mocked = _is_mocked()
-  if not mocked:
-    _prepare(builder, dataset, data_dir, manual_dir)
   result = _decode_split(builder, split)
   if result.images.ndim != 4:
     raise UserError(f"dataset {dataset!r} has images of shape {result.images.shape[1:]}: "
@@ -212,7 +207,9 @@ def cached_shape(dataset: str, split: str, data_dir: str = "") -> tuple[tuple[in
       labels = f["labels"]
       header = f.zip.open("images.npy")
       version = np.lib.format.read_magic(header)
-      shape, _, _ = np.lib.format._read_array_header(header, version)
+      read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                     else np.lib.format.read_array_header_2_0)
+      shape, _, _ = read_header(header)
       return tuple(shape[1:]), len(labels)
   except (OSError, KeyError, ValueError, zipfile.BadZipFile):
     return None
@@ -222,6 +219,10 @@ def prepare_tfds(dataset: str, data_dir: str = "", manual_dir: str = ""):
   """The TFDS builder of dataset, downloaded (or taken from manual_dir) and prepared once."""
   data_dir = data_dir or default_data_dir()
   builder = _tfds_builder(dataset, data_dir)
+  features = builder.info.features
+  if "image" not in features or "label" not in features:
+    raise UserError(f"dataset {dataset!r} has features {sorted(features.keys())}, not 'image' "
+                    "and 'label': choose an image-classification dataset")
   if not _is_mocked():
     _prepare(builder, dataset, data_dir, manual_dir)
   return builder

@@ -9,7 +9,10 @@ Pillow's other formats are converted to the training images' channel count,
 scaled so their shorter side fits and center-cropped to the training height
 and width; `.npy` arrays (HxWxC or HxW, uint8 0-255 or float in [0, 1]) go the
 same way. Then the training normalisation and resize apply, as during
-evaluation, `--batch_size` images at a time.
+evaluation, `--batch_size` images at a time. As in evaluation too, the
+checkpoint's EMA weights are used where it has them, and the run's
+test-time augmentation (config.eval_tta; `--tta` overrides it) averages
+the logits of the views before the softmax.
 
 Large images are decoded reduced, without Pillow's DecompressionBombWarning:
 a JPEG at 1/2, 1/4 or 1/8 scale when that still covers the training size;
@@ -31,7 +34,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -39,8 +41,9 @@ import jax
 import numpy as np
 from PIL import Image
 
-from resnet_jax import augment, cli, models
+from resnet_jax import augment, cli, ema, models
 from resnet_jax.checkpointing import load_variables
+from resnet_jax.configuration import TTA_MODES
 from resnet_jax.errors import UserError
 
 DEFAULT_BATCH_SIZE = 32  # Images per compiled call; smaller batches pad to a power of two.
@@ -56,6 +59,8 @@ class Predictor:
   probabilities: Callable[[np.ndarray], np.ndarray]  # uint8 [B, H, W, C] -> [B, classes]
   input_shape: tuple[int, int, int]  # H, W, C of the training images.
   class_names: list[str]
+  weights: str = "raw"  # "ema" when the checkpoint's weight EMA is used.
+  tta: str = "none"  # Test-time augmentation: config.eval_tta's values.
 
 
 def _required(config: Mapping[str, Any], key: str, path: str) -> Any:
@@ -66,9 +71,18 @@ def _required(config: Mapping[str, Any], key: str, path: str) -> Any:
   return value
 
 
-def load_predictor(path: str) -> Predictor:
-  """Loads a checkpoint (workdir, checkpoints/ folder or step folder) for classification."""
-  variables, config, _ = load_variables(path, action="classifying with")
+def load_predictor(path: str, tta: str | None = None) -> Predictor:
+  """Loads a checkpoint (workdir, checkpoints/ folder or step folder) for classification.
+
+  Its EMA weights are used where it has them; `tta` (None: the run's
+  eval_tta) names the test-time augmentation, as in evaluation.
+  """
+  restored, config, _ = load_variables(path, action="classifying with")
+  variables, weights = ema.preferred(restored)
+  tta = tta or config.get("eval_tta") or "none"
+  if tta not in TTA_MODES:
+    raise UserError(f"unknown test-time augmentation {tta!r}: pass --tta as one of "
+                    f"{', '.join(TTA_MODES)}")
   params = variables["params"]
   num_classes = int(config.get("num_classes") or np.shape(params["fc"]["bias"])[0])
   base_width = int(config.get("width") or np.shape(params["conv1"]["kernel"])[-1])
@@ -92,10 +106,11 @@ def load_predictor(path: str) -> Predictor:
   @jax.jit
   def probabilities(variables, images_BHWC):
     x = augment.preprocess(images_BHWC, mean, std, image_size)
-    return jax.nn.softmax(model.apply(variables, x, train=False), axis=-1)
+    logits = augment.tta_logits(lambda v: model.apply(variables, v, train=False), x, tta)
+    return jax.nn.softmax(logits, axis=-1)
 
   return Predictor(lambda images: np.asarray(probabilities(variables, images)),
-                   (height, width, channels), names)
+                   (height, width, channels), names, weights, tta)
 
 
 # Reading images --------------------------------------------------------------
@@ -293,8 +308,7 @@ def write_results(output: str, results: Sequence[dict]) -> None:
 
 def _print_result(result: dict) -> None:
   if "error" in result:
-    sys.stdout.flush()
-    print(f"error: {result['error']}", file=sys.stderr, flush=True)
+    cli.print_error(result["error"])
     return
   print(result["file"])
   for p in result["predictions"]:
@@ -314,6 +328,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer("batch_size", DEFAULT_BATCH_SIZE, "Images read and classified at a time.",
                        lower_bound=1)
   flags.DEFINE_string("output", None, "Also write the predictions to FILE.json or FILE.csv.")
+  flags.DEFINE_string("tta", None, "Test-time augmentation: none, flip or flip_translate; "
+                      "default: the run's eval_tta.")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -327,7 +343,7 @@ def main(argv: Sequence[str]) -> int:
   if FLAGS.output:
     check_output(FLAGS.output)  # Before the slow part, and again when writing.
   files = expand_paths(argv[1:])
-  predictor = load_predictor(checkpoint)
+  predictor = load_predictor(checkpoint, FLAGS.tta)
   results = []
   for result in classify(predictor, files, FLAGS.top_k, FLAGS.batch_size):
     _print_result(result)

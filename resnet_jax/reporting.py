@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from resnet_jax import timing
 from resnet_jax.errors import NonFiniteLossError, UserError
 
 METRICS_FILE = "metrics.jsonl"
@@ -135,6 +136,8 @@ class MetricWriter:
   `eval/<name>` for `eval_<name>`, and the metric name otherwise (`epoch` too).
   Event files are flushed at every write that carries an eval metric, on
   `close`, and otherwise at the first write a minute after the last flush.
+  A metrics.jsonl that a killed run left ending mid-line is repaired on
+  opening, so that the first record appended is not lost on that line.
   """
 
   def __init__(self, workdir: str, enabled: bool = True):
@@ -144,6 +147,8 @@ class MetricWriter:
     self.tensorboard_dir = os.path.join(workdir, TENSORBOARD_DIR)
     self._event_file = None
     self._event_file_tried = False
+    if enabled:
+      repair_tail(self.path)
 
   def write(self, step: int, epoch: float, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -178,6 +183,41 @@ class MetricWriter:
 
   def __exit__(self, *exc: object) -> None:
     self.close()
+
+
+def repair_tail(path: str) -> None:
+  """Makes path end with a whole line: what a run killed mid-write left after its last newline goes.
+
+  A fragment that is a whole record after all (only the newline was lost)
+  gets its newline back instead.
+  """
+  try:
+    f = open(path, "rb+")
+  except FileNotFoundError:
+    return
+  with f:
+    size = f.seek(0, os.SEEK_END)
+    if size == 0:
+      return
+    f.seek(size - 1)
+    if f.read(1) == b"\n":
+      return
+    start = max(0, size - (1 << 20))  # A record is far shorter than 1 MiB.
+    f.seek(start)
+    tail = f.read()
+    newline = tail.rfind(b"\n")
+    cut = start + newline + 1 if newline >= 0 else 0
+    fragment = tail[newline + 1:]
+    try:
+      whole = isinstance(json.loads(fragment), dict) and b'"step"' in fragment
+    except ValueError:
+      whole = False
+    if whole:
+      f.write(b"\n")
+      return
+    f.truncate(cut)
+  logging.warning("%s ended in a torn line (a run killed while writing it): removed it, %r",
+                  path, fragment[:120].decode(errors="replace"))
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
@@ -247,20 +287,32 @@ def _total_wall_time(records: Sequence[Mapping[str, Any]]) -> float | None:
   return total + values[-1]
 
 
-def summarize_run(workdir: str) -> dict[str, Any]:
+def summarize_run(workdir: str, final_step: int | None = None,
+                  best_step: int | None = None) -> dict[str, Any]:
   """The facts of a run from its metrics.jsonl and config.json; absent facts are None.
+
+  Given the run's final step and its best checkpoint's step (what the
+  trainer ends with), the final and best evals are those of these steps,
+  so that the summary agrees with the checkpoints; evals logged past the
+  final step (by a longer run that a resume cut back) do not count.
 
   Keys: workdir, model, dataset, num_epochs, steps_completed,
   epochs_completed, num_evals, final_eval_step, final_eval_accuracy,
   final_eval_loss, best_eval_step, best_eval_accuracy, wall_time_s,
-  mean_images_per_second. Accuracies are fractions in [0, 1]; the best is
-  the earliest step with the highest eval accuracy.
+  mean_images_per_second, compile_time_s, train_time_s (compile, eval and
+  saves excluded) and time_to ({target: (train seconds, step)} for each of the
+  config's target_accuracies reached). Accuracies are fractions in [0, 1];
+  the best is the earliest step with the highest eval accuracy.
   """
   records = read_metrics(workdir)
   config = _read_config(workdir)
   evals = [r for r in series(records, "eval_accuracy") if math.isfinite(float(r["eval_accuracy"]))]
+  if final_step is not None:
+    evals = [r for r in evals if int(r["step"]) <= final_step]
   final = evals[-1] if evals else None
   best = max(evals, key=lambda r: float(r["eval_accuracy"])) if evals else None
+  at_best = [r for r in evals if int(r["step"]) == best_step]
+  best = at_best[0] if at_best else best
   speeds = [float(r["images_per_second"]) for r in series(records, "images_per_second")
             if math.isfinite(float(r["images_per_second"]))]
   return {
@@ -278,6 +330,10 @@ def summarize_run(workdir: str) -> dict[str, Any]:
       "best_eval_accuracy": float(best["eval_accuracy"]) if best else None,
       "wall_time_s": _total_wall_time(records),
       "mean_images_per_second": sum(speeds) / len(speeds) if speeds else None,
+      "compile_time_s": timing.total_compile_time(records),
+      "train_time_s": timing.total_train_time(records),
+      "targets": [float(t) for t in config.get("target_accuracies") or ()],
+      "time_to": timing.first_reached(records, config.get("target_accuracies") or ()),
   }
 
 
@@ -322,6 +378,16 @@ def format_summary(summary: Mapping[str, Any], best_checkpoint_path: str | None,
       ("wall time", format_duration(wall_time) if wall_time is not None else "- (not logged)"),
       ("mean images/s", f"{speed:,.0f}" if speed is not None else "- (no train lines)"),
   ]
+  if summary.get("train_time_s") is not None:
+    compile_s = summary.get("compile_time_s")
+    rows.append(("training time", format_duration(summary["train_time_s"])
+                 + "  (compile, eval and saves excluded"
+                 + (f"; compile {format_duration(compile_s)})" if compile_s is not None else ")")))
+  for target in summary.get("targets") or ():
+    reached = (summary.get("time_to") or {}).get(target)
+    rows.append((f"time to {100 * target:g}%",
+                 f"{format_duration(reached[0])}  (step {reached[1]:,})" if reached
+                 else "- (not reached)"))
   width = max(len(label) for label, _ in rows)
   lines = [title] + [f"  {label:<{width}}  {value}" for label, value in rows]
   quoted = shlex.quote(workdir)

@@ -19,10 +19,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from flax import serialization
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from resnet_jax import augment, models, pretrained
+from resnet_jax import augment, ema as ema_lib, models, pretrained
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -30,9 +31,17 @@ DATA_AXIS = "data"
 
 
 class TrainState(train_state.TrainState):
+  """Flax's TrainState with BatchNorm statistics and, when config.ema_decay > 0, a weight EMA."""
   batch_stats: Any
+  ema: Any = None  # {"params", "batch_stats"}; see resnet_jax/ema.py.
   # From config.freeze_backbone; static (part of the compiled program), not saved.
   frozen_backbone: bool = flax.struct.field(pytree_node=False, default=False)
+
+
+# Saved without `ema` when there is none, so that checkpoints of runs without EMA
+# keep the layout they had before it existed, and either resumes the other.
+serialization.register_serialization_state(TrainState, ema_lib.state_to_dict,
+                                           ema_lib.state_from_dict, override=True)
 
 
 def create_mesh() -> Mesh:
@@ -78,7 +87,7 @@ def create_model(config: ml_collections.ConfigDict) -> models.ResNet:
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
                            num_train_steps: int) -> optax.Schedule:
-  """Linear warmup, then cosine decay to 0 (or a constant rate).
+  """Linear warmup, then cosine or linear decay to 0 (or a constant rate).
 
   Warmup starts at learning_rate / warmup_steps rather than 0, so that the
   first step already trains.
@@ -92,6 +101,12 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
     return optax.join_schedules(
         [optax.linear_schedule(start, lr, warmup_steps), optax.constant_schedule(lr)],
         [warmup_steps])
+  if config.lr_schedule == "linear":
+    decay = optax.linear_schedule(lr, 0.0, max(num_train_steps - warmup_steps, 1))
+    if not warmup_steps:
+      return decay
+    return optax.join_schedules([optax.linear_schedule(start, lr, warmup_steps), decay],
+                                [warmup_steps])
   # decay_steps counts the warmup too.
   return optax.warmup_cosine_decay_schedule(start, lr, warmup_steps,
                                             max(num_train_steps, warmup_steps + 1))
@@ -136,6 +151,7 @@ def create_train_state(config: ml_collections.ConfigDict, model: models.ResNet,
       params, batch_stats = init_variables["params"], init_variables["batch_stats"]
     return TrainState.create(apply_fn=model.apply, params=params, batch_stats=batch_stats,
                              tx=create_optimizer(config, schedule, params),
+                             ema=ema_lib.init(params, batch_stats) if config.ema_decay else None,
                              frozen_backbone=config.freeze_backbone)
 
   return run_unoptimized(init, out_shardings=replicated(mesh))
@@ -153,37 +169,82 @@ def run_unoptimized(fn: Callable[[], Any], out_shardings: Any = None) -> Any:
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
                   label_smoothing: float) -> jax.Array:
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
-  return optax.softmax_cross_entropy(logits, targets)
+  return optax.softmax_cross_entropy(logits, smoothed_targets(labels, num_classes, label_smoothing))
+
+
+def smoothed_targets(labels: jax.Array, num_classes: int, label_smoothing: float) -> jax.Array:
+  return optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
 
 
 def train_step(state: TrainState, batch: Batch, *, schedule: optax.Schedule,
-               label_smoothing: float, dropout_key: jax.Array) -> tuple[TrainState, Metrics]:
-  """One SGD step on a preprocessed batch; returns the new state and batch means."""
-  rngs = {"dropout": jax.random.fold_in(dropout_key, state.step)}
+               dropout_key: jax.Array, grad_accum_steps: int,
+               ema_decay: float) -> tuple[TrainState, Metrics]:
+  """One optimizer step on a preprocessed batch; returns the new state and batch means.
+
+  `batch["target"]` holds soft labels (one-hot, smoothed, perhaps mixed);
+  train accuracy counts the argmax of the logits against the argmax of the
+  target (its dominant label). With grad_accum_steps = k > 1 the arrays
+  come split as [k, batch / k, ...]: the micro-batches run in turn, each
+  normalised by its own BatchNorm statistics and updating the running ones,
+  and their mean gradient makes the one update.
+  """
+  dropout_key = jax.random.fold_in(dropout_key, state.step)
   # A frozen backbone runs as a fixed feature extractor: BN uses its running statistics.
   train = not state.frozen_backbone
 
-  def loss_fn(params):
-    logits, updates = state.apply_fn(
-        {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=train,
-        mutable=["batch_stats"], rngs=rngs)
-    num_classes = logits.shape[-1]
-    loss = cross_entropy(logits, batch["label"], num_classes, label_smoothing).mean()
-    return loss, (logits, updates.get("batch_stats", state.batch_stats))
+  def loss_fn(params, batch_stats, images, targets, key):
+    logits, updates = state.apply_fn({"params": params, "batch_stats": batch_stats}, images,
+                                     train=train, mutable=["batch_stats"], rngs={"dropout": key})
+    loss = optax.softmax_cross_entropy(logits, targets).mean()
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1))
+    return loss, (accuracy, updates.get("batch_stats", batch_stats))
 
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if grad_accum_steps == 1:
+    (loss, (accuracy, batch_stats)), grads = grad_fn(
+        state.params, state.batch_stats, batch["image"], batch["target"], dropout_key)
+  else:
+    def micro_step(carry, micro):
+      grad_sum, batch_stats = carry
+      index, images, targets = micro
+      (loss, (accuracy, batch_stats)), grads = grad_fn(
+          state.params, batch_stats, images, targets, jax.random.fold_in(dropout_key, index))
+      return (jax.tree.map(jnp.add, grad_sum, grads), batch_stats), (loss, accuracy)
+
+    carry = (jax.tree.map(jnp.zeros_like, state.params), state.batch_stats)
+    (grad_sum, batch_stats), (losses, accuracies) = jax.lax.scan(
+        micro_step, carry, (jnp.arange(grad_accum_steps), batch["image"], batch["target"]))
+    grads = jax.tree.map(lambda g: g / grad_accum_steps, grad_sum)
+    loss, accuracy = jnp.mean(losses), jnp.mean(accuracies)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  metrics = {"train_loss": loss,
-             "train_accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-             "learning_rate": jnp.asarray(schedule(state.step), jnp.float32)}
+  if state.ema is not None:
+    new_state = new_state.replace(ema=ema_lib.update(state.ema, new_state.params,
+                                                     new_state.batch_stats, ema_decay))
+  update = jax.tree.map(jnp.subtract, new_state.params, state.params)
+  metrics = {"train_loss": loss, "train_accuracy": accuracy,
+             "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
+             # Global L2 norms, as big_vision logs them (l2_grads, l2_params, l2_updates).
+             "grad_norm": optax.tree.norm(grads),
+             "param_norm": optax.tree.norm(new_state.params),
+             "update_norm": optax.tree.norm(update)}
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: Batch, num_classes: int) -> Metrics:
-  """Sums (not means) over the real examples of a padded batch."""
-  logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                          batch["image"], train=False)
+def split_micro_batches(x: jax.Array, num_micro: int, mesh: Mesh) -> jax.Array:
+  """[B, ...] -> [num_micro, B / num_micro, ...], micro-batch j taking rows j, j + num_micro, ...
+
+  Interleaved so that each device's micro-batches come from the rows it
+  already holds (batch_size is a multiple of num_micro x devices).
+  """
+  x = x.reshape(x.shape[0] // num_micro, num_micro, *x.shape[1:]).swapaxes(0, 1)
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, DATA_AXIS)))
+
+
+def eval_step(state: TrainState, batch: Batch, num_classes: int, tta: str = "none") -> Metrics:
+  """Sums (not means) over the real examples of a padded batch; logits averaged over `tta` views."""
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  logits = augment.tta_logits(lambda x: state.apply_fn(variables, x, train=False),
+                              batch["image"], tta)
   mask = batch["mask"]
   predictions = jnp.argmax(logits, -1)
   losses = cross_entropy(logits, batch["label"], num_classes, 0.0)
@@ -209,10 +270,12 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
   streamed = config.get("input_pipeline") == "stream"
   # A random-resized crop was already taken on the host; only the flip is left.
   padding = 0 if config.get("train_crop") == "random_resized" else config.crop_padding
+  num_micro = config.grad_accum_steps
   root = jax.random.key(config.seed)
-  data_key, augment_key, dropout_key = (jax.random.fold_in(root, i) for i in range(1, 4))
-  step_fn = functools.partial(train_step, schedule=schedule,
-                              label_smoothing=config.label_smoothing, dropout_key=dropout_key)
+  data_key, augment_key, dropout_key, cutout_key, mix_key = (
+      jax.random.fold_in(root, i) for i in range(1, 6))
+  step_fn = functools.partial(train_step, schedule=schedule, dropout_key=dropout_key,
+                              grad_accum_steps=num_micro, ema_decay=config.ema_decay)
 
   def step(state: TrainState, data: Batch) -> tuple[TrainState, Metrics]:
     if streamed:
@@ -225,7 +288,15 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
                                       padding, config.random_flip)
     images = augment.preprocess(images, config.mean, config.std, config.image_size,
                                 compute_dtype(config))
-    return step_fn(state, {"image": images, "label": labels})
+    images = augment.cutout(jax.random.fold_in(cutout_key, state.step), images,
+                            config.cutout_size)
+    targets = smoothed_targets(labels, config.num_classes, config.label_smoothing)
+    images, targets = augment.mix(jax.random.fold_in(mix_key, state.step), images, targets,
+                                  config.mixup_alpha, config.cutmix_alpha)
+    batch = {"image": images, "target": targets}
+    if num_micro > 1:
+      batch = {name: split_micro_batches(x, num_micro, mesh) for name, x in batch.items()}
+    return step_fn(state, batch)
 
   return jax.jit(step, donate_argnums=0, out_shardings=(replicated(mesh), replicated(mesh)))
 
@@ -241,7 +312,7 @@ def zero_eval_totals(num_classes: int) -> Metrics:
 def _eval_batch(state: TrainState, batch: Batch, config: ml_collections.ConfigDict) -> Metrics:
   batch = dict(batch, image=augment.preprocess(batch["image"], config.mean, config.std,
                                                config.image_size, compute_dtype(config)))
-  return eval_step(state, batch, config.num_classes)
+  return eval_step(state, batch, config.num_classes, config.eval_tta)
 
 
 def compile_eval_batch(config: ml_collections.ConfigDict, mesh: Mesh) -> Callable:

@@ -17,8 +17,8 @@ import ml_collections
 from absl import logging
 from flax import serialization
 
-from resnet_jax import (checkpointing, configuration, data, evaluation, pretrained, progress_bar,
-                        reporting, signals, steps, workdir as workdirs)
+from resnet_jax import (checkpointing, configuration, data, ema, evaluation, pretrained,
+                        progress_bar, reporting, signals, steps, timing, workdir as workdirs)
 from resnet_jax.errors import NonFiniteLossError, Stopped, UserError
 
 
@@ -38,7 +38,11 @@ def is_due(step: int, every: int, last_step: int) -> bool:
 class Trainer:
   """One training run: its data, state, compiled programs, checkpoints and metrics."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str, quiet: bool = False):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, quiet: bool = False,
+               stop: signals.StopRequested | None = None):
+    # Entered by the caller before set-up, a signal while loading or compiling
+    # stops the run cleanly; otherwise train() enters it for the loop.
+    self.stop = stop or signals.StopRequested()
     configuration.validate(config)
     self.workdir = os.path.abspath(workdir)
     self.quiet = quiet
@@ -53,11 +57,22 @@ class Trainer:
     training_data = self._load_data(config)
     self._create_state(init_checkpoint)
     self._compile(training_data)
+    if self.stop.signal_name:  # Signalled during set-up: nothing to save, nothing written.
+      message = (f"stopped by {self.stop.signal_name} during set-up, before training: nothing "
+                 "was written: rerun the same command to start (or resume)")
+      logging.warning(message)
+      raise Stopped(self.stop.signal_name, message)
     # Only now, with the config and data known good, does anything touch the disk.
     os.makedirs(self.workdir, exist_ok=True)
-    self.checkpointer = checkpointing.Checkpointer(checkpointing.checkpoint_dir(self.workdir),
-                                                   keep=self.config.keep_checkpoints)
-    self.writer = reporting.MetricWriter(self.workdir, enabled=self.is_lead)
+    # One run per workdir: two would interleave metrics and prune each other's checkpoints.
+    self.lock = workdirs.acquire_lock(self.workdir)
+    try:
+      self.checkpointer = checkpointing.Checkpointer(checkpointing.checkpoint_dir(self.workdir),
+                                                     keep=self.config.keep_checkpoints)
+      self.writer = reporting.MetricWriter(self.workdir, enabled=self.is_lead)
+    except BaseException:
+      self.lock.release()
+      raise
 
   # Set-up ----------------------------------------------------------------
 
@@ -65,6 +80,7 @@ class Trainer:
     """Opens the splits and resolves the config from them: self.config is final after this."""
     training_data = data.open_training_data(config)
     self.config = config = configuration.resolve(config, training_data.facts)
+    configuration.check_against_data(config)
     self.steps_per_epoch = config.num_train_examples // config.batch_size
     if self.steps_per_epoch == 0:
       raise UserError(f"batch_size {config.batch_size} exceeds the {config.num_train_examples} "
@@ -90,10 +106,12 @@ class Trainer:
     # Shapes first: a checkpoint of another architecture fails before anything compiles.
     pretrained.merge(jax.eval_shape(init)["params"], restored.variables["params"], source)
     fresh = steps.run_unoptimized(init)
-    params, head_reset = pretrained.merge(fresh["params"], restored.variables["params"], source)
-    batch_stats, _ = pretrained.merge(fresh.get("batch_stats", {}),
-                                      restored.variables["batch_stats"], source)
-    logging.info("initialised from %s (step %d)%s", source, restored.step,
+    # A checkpoint with a weight EMA gives those weights: the ones its evaluation measured.
+    weights, which = ema.preferred(restored.variables)
+    params, head_reset = pretrained.merge(fresh["params"], weights["params"], source)
+    batch_stats, _ = pretrained.merge(fresh.get("batch_stats", {}), weights["batch_stats"], source)
+    logging.info("initialised from %s (step %d%s)%s", source, restored.step,
+                 ", EMA weights" if which == "ema" else "",
                  f"; classifier head re-initialised for {self.config.num_classes} classes"
                  if head_reset else "")
     return {"params": params, "batch_stats": batch_stats}
@@ -150,7 +168,8 @@ class Trainer:
 
   def save(self, step: int, eval_metrics: dict | None, force: bool = False) -> None:
     # A finite loss can still be followed by an update to Inf: such a state is never saved.
-    if not bool(all_finite((self.state.params, self.state.batch_stats, self.state.opt_state))):
+    if not bool(all_finite((self.state.params, self.state.batch_stats, self.state.opt_state,
+                            self.state.ema))):
       raise NonFiniteLossError(
           f"the parameters became NaN or Inf at step {step}; {self._what_is_saved()}: lower "
           "--config.learning_rate or check the data, then rerun to resume")
@@ -172,14 +191,19 @@ class Trainer:
     eval_every, checkpoint_every = every(config.eval_every_epochs), every(config.checkpoint_every_epochs)
     last = self.num_train_steps
     self.metrics = reporting.MetricsBuffer(config.batch_size, start)
+    self.clock = timing.TrainClock(config.target_accuracies, self._earlier_records(start))
     self.started = time.time()
     last_eval = None
     self.progress = progress_bar.Progress(self.steps_per_epoch, last, start,
                                           enabled=self.is_lead and not self.quiet)
     try:
-      with signals.StopRequested() as stop:
+      with self.stop as stop:
+        stop.phase = "training"
+        self.clock.start()
         for step in range(start + 1, last + 1):  # `step` counts the steps done after this one.
           self.state, step_metrics = self.train_step(self.state, self.train_input.next())
+          if step == start + 1:
+            self.clock.first_step_done(step_metrics)
           self.metrics.append(step_metrics)
           self.progress.advance(step)
           if is_due(step, config.log_every_steps, last):
@@ -190,15 +214,19 @@ class Trainer:
             last_eval = self._evaluate(step)
           if is_due(step, checkpoint_every, last):
             self._write_train_metrics(step)  # Never save a state whose losses were not checked.
-            self.save(step, last_eval if evaluated else None)
+            with self.clock.paused():  # Saving is no training: time to accuracy leaves it out.
+              self.save(step, last_eval if evaluated else None)
           if stop.requested(step):
             self._stop(step, stop.signal_name)
+        self.checkpointer.wait()  # Still under the handler: Ctrl-C thrice gives the save up.
+    except KeyboardInterrupt:  # Ctrl-C pressed thrice (or SIGINT to a multi-process run).
+      raise self._aborted() from None
     finally:
       self.progress.close()
-    self.checkpointer.wait()
     best_step = self.checkpointer.best_step()
     return {"step": last, "eval": last_eval, "wall_time_s": time.time() - self.started,
-            "best_checkpoint": os.path.join(self.checkpointer.directory, str(best_step))}
+            "best_checkpoint": os.path.join(self.checkpointer.directory, str(best_step)),
+            "best_step": best_step}
 
   def _write_train_metrics(self, step: int) -> None:
     try:
@@ -207,20 +235,33 @@ class Trainer:
       raise NonFiniteLossError(f"{e}; {self._what_is_saved()}: lower --config.learning_rate or "
                                "check the data, then rerun to resume") from None
     if means is not None:
-      self.writer.write(step, step / self.steps_per_epoch, means)
+      self.writer.write(step, step / self.steps_per_epoch, {**means, **self.clock.train_fields()})
       self.progress.update_metrics(means)
 
+  def _earlier_records(self, start: int) -> list[dict]:
+    """metrics.jsonl of the sessions this one resumes: their training time and targets reached."""
+    if not start or not os.path.isfile(os.path.join(self.workdir, reporting.METRICS_FILE)):
+      return []
+    return reporting.read_metrics(self.workdir)
+
   def _evaluate(self, step: int) -> dict:
-    metrics = self.evaluator.run(self.state)
+    with self.clock.paused():
+      metrics = self.evaluator.run(self.state)
+    reached = self.clock.eval_fields(metrics["eval_accuracy"])
     epoch = step / self.steps_per_epoch
-    scalars = {k: metrics[k] for k in ("eval_loss", "eval_accuracy", "eval_top5_accuracy")
-               if k in metrics}
-    self.writer.write(step, epoch, {**scalars, "wall_time_s": time.time() - self.started})
+    scalars = {k: metrics[k] for k in ("eval_loss", "eval_accuracy", "eval_top5_accuracy",
+                                       "eval_count") if k in metrics}
+    self.writer.write(step, epoch, {**scalars, "wall_time_s": time.time() - self.started,
+                                    **reached})
     self._report_data_wait()
     if self.is_lead:
-      logging.info("step %d (epoch %.2f): eval_loss %.4f, eval_accuracy %.2f%% over %d examples",
+      logging.info("step %d (epoch %.2f): eval_loss %.4f, eval_accuracy %.2f%% over %d examples%s",
                    step, epoch, metrics["eval_loss"], 100 * metrics["eval_accuracy"],
-                   metrics["eval_count"])
+                   metrics["eval_count"], evaluation.describe_weights(metrics))
+      for key, seconds in reached.items():
+        if key.startswith("time_to_"):
+          logging.info("eval accuracy first reached %s after %s of training", key[8:-2],
+                       reporting.format_duration(seconds))
     return metrics
 
   def _report_data_wait(self) -> None:
@@ -247,20 +288,34 @@ class Trainer:
     logging.warning(message)
     raise Stopped(signal_name, message)
 
+  def _aborted(self) -> signals.Aborted:
+    """The stop without a save: a save in flight is given up, the complete checkpoints stay."""
+    self.checkpointer.abandon()
+    directory, latest = self.checkpointer.directory, self.checkpointer.latest_complete_step()
+    kept = (f"the last complete checkpoint, {os.path.join(directory, str(latest))}, is intact"
+            if latest is not None else f"no checkpoint had been saved in {directory} yet")
+    return signals.Aborted(f"interrupted without saving; {kept}: rerun the same command to "
+                           "resume")
+
   def close(self) -> None:
-    self.train_input.close()
-    self.checkpointer.close()
-    self.writer.close()
+    try:
+      self.train_input.close()
+      self.checkpointer.close()
+      self.writer.close()
+    finally:
+      self.lock.release()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: bool = False,
                        print_summary: bool = False) -> dict:
   """Trains (resuming from workdir's latest checkpoint), evaluates and checkpoints."""
-  trainer = Trainer(config, workdir, quiet)
-  try:
-    result = trainer.train()
-  finally:
-    trainer.close()
+  # Entered before set-up: a signal while loading or compiling is a clean stop.
+  with signals.StopRequested() as stop:
+    trainer = Trainer(config, workdir, quiet, stop)
+    try:
+      result = trainer.train()
+    finally:
+      trainer.close()
   if print_summary and jax.process_index() == 0:
     print(final_summary(workdir, result))
   return result
@@ -268,5 +323,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: b
 
 def final_summary(workdir: str, result: dict) -> str:
   """The end-of-run table: accuracy, time, throughput and where the best checkpoint is."""
-  return reporting.format_summary(reporting.summarize_run(workdir), result["best_checkpoint"],
-                                  workdir)
+  summary = reporting.summarize_run(workdir, result["step"], result.get("best_step"))
+  return reporting.format_summary(summary, result["best_checkpoint"], workdir)

@@ -165,11 +165,13 @@ def run_jax(args: argparse.Namespace) -> dict:
   make_batch = jax.jit(lambda d: {
       "image": augment.preprocess(d["image"][:batch_size], config.mean, config.std,
                                   config.image_size, dtype),
-      "label": d["label"][:batch_size]}, out_shardings=steps.batch_sharded(mesh))
+      "target": steps.smoothed_targets(d["label"][:batch_size], config.num_classes,
+                                       config.label_smoothing)},
+      out_shardings=steps.batch_sharded(mesh))
   batch = jax.block_until_ready(make_batch(data))
   bare_step = jax.jit(
-      functools.partial(steps.train_step, schedule=schedule, label_smoothing=config.label_smoothing,
-                        dropout_key=jax.random.key(config.seed)),
+      functools.partial(steps.train_step, schedule=schedule, dropout_key=jax.random.key(config.seed),
+                        grad_accum_steps=1, ema_decay=config.ema_decay),
       donate_argnums=0, out_shardings=(steps.replicated(mesh), steps.replicated(mesh)))
   timed(bare_step, batch, "bare")
 

@@ -5,7 +5,9 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
+from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,6 +92,47 @@ def damage_checkpoint(step_dir, how: str = "truncated") -> None:
     open(path, "wb").write(bytes(data))
 
 
+def final_state(workdir) -> tuple[int, dict]:
+  """(latest step, its saved state as host arrays)."""
+  from resnet_jax import checkpointing
+  manager = checkpointing.Checkpointer(checkpointing.checkpoint_dir(str(workdir)), read_only=True)
+  step = manager.latest_step()
+  return step, jax.device_get(manager.restore(step))
+
+
+def assert_resume_is_exact(config, base, monkeypatch, stop_at_call: int, num_steps: int) -> None:
+  """Trains `config` straight, and again stopped by SIGTERM at a train-step call then resumed;
+  asserts both end with bit-identical parameters, statistics and optimizer state."""
+  import signal
+  from resnet_jax import steps, trainer
+  from resnet_jax.errors import Stopped
+  trainer.train_and_evaluate(config, str(base / "straight"), quiet=True)
+  compile_step = steps.compile_train_step
+  calls = {"n": 0}
+
+  def compile_and_interrupt(*args, **kwargs):
+    step = compile_step(*args, **kwargs)
+
+    def interrupted(state, data):
+      calls["n"] += 1
+      if calls["n"] == stop_at_call:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return step(state, data)
+    return interrupted
+
+  monkeypatch.setattr(steps, "compile_train_step", compile_and_interrupt)
+  with pytest.raises(Stopped) as stopped:
+    trainer.train_and_evaluate(config, str(base / "resumed"), quiet=True)
+  assert stopped.value.exit_code == 143
+  assert final_state(base / "resumed")[0] == stop_at_call  # Saved at the signal.
+  monkeypatch.setattr(steps, "compile_train_step", compile_step)
+  trainer.train_and_evaluate(config, str(base / "resumed"), quiet=True)
+  (step_a, straight), (step_b, resumed) = final_state(base / "straight"), final_state(base / "resumed")
+  assert step_a == step_b == num_steps
+  for part in straight:
+    jax.tree.map(np.testing.assert_array_equal, straight[part], resumed[part])
+
+
 def run_main(args, mock_examples=64, timeout=300, env=None, check=None):
   """Runs the real command on mock data in a subprocess; returns CompletedProcess."""
   command = [sys.executable, os.path.join(REPO, "tests", "mock_main.py"),
@@ -100,3 +143,41 @@ def run_main(args, mock_examples=64, timeout=300, env=None, check=None):
     raise AssertionError(f"exit {result.returncode}, expected {check}\n"
                          f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-5000:]}")
   return result
+
+
+# (mode, file extension) cycled over the images of each class.
+_KINDS = [("RGB", ".jpg"), ("L", ".png"), ("RGBA", ".png"), ("P", ".gif"), ("RGB", ".bmp"),
+          ("P", ".png")]
+
+
+def write_image_folder(root, split: str = "train",
+                       class_names: tuple[str, ...] = ("zebra", "cat", "dog house"),
+                       per_class: int = 4, size: int | None = None, seed: int = 0) -> list[str]:
+  """Writes ROOT/split/<class>/ images in mixed modes and formats; returns the class names sorted.
+
+  Sizes vary between 8 and 40 px unless `size` fixes them. Beside the images it
+  writes what a FolderSource must ignore: hidden files and folders, a notes.txt.
+  The last image of each class sits in a nested subfolder.
+  """
+  rng = np.random.default_rng(seed)
+  for name in class_names:
+    class_dir = os.path.join(root, split, name)
+    os.makedirs(os.path.join(class_dir, "more"), exist_ok=True)
+    for i in range(per_class):
+      mode, ext = _KINDS[i % len(_KINDS)]
+      height, width = (size, size) if size else rng.integers(8, 41, 2)
+      pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+      image = Image.fromarray(pixels).convert(mode)
+      folder = os.path.join(class_dir, "more") if i == per_class - 1 else class_dir
+      path = os.path.join(folder, f"{i:03d}{ext}")
+      if mode == "P" and ext == ".png":
+        image.save(path, transparency=0)
+      else:
+        image.save(path)
+    with open(os.path.join(class_dir, "notes.txt"), "w") as f:
+      f.write("not an image\n")
+    Image.new("RGB", (8, 8)).save(os.path.join(class_dir, ".hidden.jpg"))
+    os.makedirs(os.path.join(class_dir, ".cache"), exist_ok=True)
+    Image.new("RGB", (8, 8)).save(os.path.join(class_dir, ".cache", "thumb.jpg"))
+  os.makedirs(os.path.join(root, split, ".ipynb_checkpoints"), exist_ok=True)
+  return sorted(class_names)

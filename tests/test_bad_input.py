@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import checkpointing, configuration, models, trainer
+from resnet_jax import checkpointing, configuration, models
 from resnet_jax import workdir as workdir_module
 from tests.conftest import REPO, damage_checkpoint, tiny_config, tiny_flags, write_mock_cifar10
 

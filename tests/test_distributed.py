@@ -6,6 +6,7 @@ arrays over gloo. Each loads the same (seeded) mock dataset and holds it
 replicated on its own devices; all of them write one checkpoint directory.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 
 from resnet_jax import distributed
 from tests import processes
-from tests.conftest import REPO, tiny_flags
+from tests.conftest import REPO, tiny_flags, write_image_folder
 from tests.processes import Run
 
 # From the kill to the survivor's exit: jax.distributed notices the silent peer
@@ -51,6 +52,23 @@ def test_two_processes_preempted_and_resumed_train_as_one_device(base):
   assert os.path.exists(os.path.join(workdir, "config.json"))
   logs = [open(os.path.join(base, f"two_processes_resumed.{i}.log")).read() for i in range(2)]
   assert "Run summary" in logs[0] and "Run summary" not in logs[1]
+
+
+def test_two_processes_stream_disjoint_halves_and_train_as_one(base, tmp_path_factory):
+  """Streamed from an image folder: each process decodes only its half of every global batch
+  (the stream's own tests check the halves), and the run equals the 1-process one."""
+  root = tmp_path_factory.mktemp("stream_folder")
+  write_image_folder(root, "train", ("a", "b", "c"), per_class=16, size=16)
+  write_image_folder(root, "val", ("a", "b", "c"), per_class=3, size=16, seed=1)
+  overrides = (("dataset", f"folder:{root}"), ("eval_split", "val"), ("input_pipeline", "stream"))
+  runs = processes.train_runs(base, {"stream_one": Run(devices=1, overrides=overrides),
+                                     "stream_two": Run(devices=2, processes=2,
+                                                       overrides=overrides)})
+  processes.assert_trains_as(runs["stream_one"], runs["stream_two"])
+  for workdir in runs.values():
+    evals = [r for r in map(json.loads, open(os.path.join(workdir, "metrics.jsonl")))
+             if "eval_count" in r]
+    assert evals and all(r["eval_count"] == 9 for r in evals)  # Every example once.
 
 
 def test_dead_peer_ends_the_run_in_bounded_time(tmp_path):

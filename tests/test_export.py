@@ -132,8 +132,6 @@ def test_ema_weights_are_preferred():
   assert export.weights_to_export({**variables, "ema": ema}) == (ema, True)
 
 
-@pytest.mark.xfail(strict=True, reason="checkpointing.load_variables does not yet hand "
-                   "state['ema'] through; remove this mark when it does")
 def test_ema_weights_of_a_checkpoint_are_exported(tmp_path):
   from safetensors.numpy import load_file
   variables = _random_variables("resnet_tiny", "cifar", 8, 5)

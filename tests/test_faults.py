@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,9 +22,8 @@ import time
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
-from resnet_jax import checkpointing, input_pipeline, trainer
+from resnet_jax import checkpointing, trainer
 from tests.conftest import REPO, damage_checkpoint, tiny_config, tiny_flags, write_mock_cifar10
 
 MOCK_EXAMPLES = 48  # Per split: 3 steps per epoch at batch 16.
@@ -58,6 +58,27 @@ def start(args, log_path) -> subprocess.Popen:
   with open(log_path, "w") as log:
     return subprocess.Popen([sys.executable, "-m", "resnet_jax.main", *map(str, args)], cwd=REPO,
                             stdout=log, stderr=subprocess.STDOUT)
+
+
+def start_slow(args, log_path, **slow_spots) -> subprocess.Popen:
+  """The real command with slow spots to signal it in (tests/slow_main.py: SLOW_SAVE_S=...)."""
+  env = {**os.environ, **{name: str(value) for name, value in slow_spots.items()}}
+  with open(log_path, "w") as log:
+    return subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "slow_main.py"),
+                             *map(str, args)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                            env=env)
+
+
+def wait_for(log_path, text: str, process: subprocess.Popen, timeout: float = 300) -> None:
+  """Waits until the running process has written text to log_path."""
+  deadline = time.time() + timeout
+  while text not in log_path.read_text():
+    assert process.poll() is None and time.time() < deadline, log_path.read_text()[-3000:]
+    time.sleep(0.02)
+
+
+def assert_same_state(a, b) -> None:
+  jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
 def train_records(workdir) -> list[dict]:
@@ -154,6 +175,93 @@ def test_sigterm_and_sigint_save_the_current_step_and_rerun_resumes(tmp_path, da
     assert assert_all_restore(workdir) == saved and not unfinished_saves(workdir)
 
 
+def test_repeated_sigterm_during_a_save_finishes_it_and_rerun_equals_an_uninterrupted_run(
+    trained, tmp_path, data):
+  workdir, log = tmp_path / "run", tmp_path / "log.txt"
+  args = flags(workdir, data, quiet=False, num_epochs=2.0, eval_every_epochs=2.0)  # As `trained`.
+  # Each save takes 3 s more in Orbax's background thread, before its rename into place.
+  process = start_slow(args, log, SLOW_SAVE_S=3)
+  wait_for(log, "slow save of step 3", process)
+  assert unfinished_saves(workdir)  # Signalled while the save is under way, twice (as SLURM can).
+  process.send_signal(signal.SIGTERM)
+  time.sleep(0.3)
+  process.send_signal(signal.SIGTERM)
+  code = process.wait(timeout=120)
+  output = log.read_text()
+  assert code == 143 and "Traceback" not in output, output[-3000:]
+  assert "SIGTERM received again: ignored, the run is already stopping" in output
+  directory = checkpointing.checkpoint_dir(str(workdir))
+  found = re.search(rf"stopped by SIGTERM at step (\d+); checkpoint saved in {directory}/(\d+): "
+                    "rerun the same command to resume\n", output)
+  assert found and found.group(1) == found.group(2), output[-3000:]
+  step = int(found.group(1))
+  # The save under way was finished, and the stop's own one too.
+  assert not unfinished_saves(workdir)
+  assert assert_all_restore(workdir) == sorted({3, step})
+  assert not (workdir / "run.lock").exists()
+
+  result = run(args, check=0)
+  assert f"resumed from {directory} at step {step}" in result.stderr
+  assert_same_state(restored(trained, 6), restored(workdir, 6))
+
+
+def test_ctrl_c_three_times_aborts_a_save_and_keeps_the_last_complete_checkpoint(
+    trained, tmp_path, data):
+  workdir, log = tmp_path / "run", tmp_path / "log.txt"
+  args = flags(workdir, data, quiet=False, num_epochs=2.0, eval_every_epochs=2.0)  # As `trained`.
+  process = start_slow(args, log, SLOW_SAVE_S=60, SLOW_SAVE_FROM_STEP=6)  # The last save hangs.
+  wait_for(log, "slow save of step 6", process)
+  started = time.time()
+  for _ in range(3):
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+  code = process.wait(timeout=120)
+  output = log.read_text()
+  assert code == 130 and "Traceback" not in output, output[-3000:]
+  assert time.time() - started < 30  # Not waiting for the 60 s save.
+  assert "press Ctrl-C 1 more time to abort without saving" in output
+  directory = checkpointing.checkpoint_dir(str(workdir))
+  assert output.rstrip().split("\n")[-1] == (
+      f"error: interrupted without saving; the last complete checkpoint, {directory}/3, is "
+      "intact: rerun the same command to resume")
+  assert unfinished_saves(workdir) and assert_all_restore(workdir) == [3]
+  assert not (workdir / "run.lock").exists()
+
+  result = run(args, check=0)  # Deletes the unfinished save, resumes from step 3.
+  assert f"resumed from {directory} at step 3" in result.stderr
+  assert not unfinished_saves(workdir) and assert_all_restore(workdir) == [3, 6]
+  assert_same_state(restored(trained, 6), restored(workdir, 6))
+
+
+def test_ctrl_c_while_setting_up_or_compiling_the_first_step_is_a_clean_stop(
+    trained, tmp_path, data):
+  workdir = tmp_path / "run"
+  args = flags(workdir, data, quiet=False, num_epochs=2.0, eval_every_epochs=2.0)  # As `trained`.
+  outputs = {}
+  # While compiling the initialiser and the train step's wrapper, then the train step.
+  for spot, variable in (("set-up", "SLOW_SETUP_S"), ("first step", "SLOW_FIRST_STEP_S")):
+    log = tmp_path / f"{spot}.txt"
+    process = start_slow(args, log, **{variable: 3})
+    wait_for(log, f"slow {spot}", process)
+    process.send_signal(signal.SIGINT)
+    code = process.wait(timeout=120)
+    outputs[spot] = output = log.read_text()
+    assert code == 130 and "Traceback" not in output, output[-3000:]
+    assert "error:" not in output, output[-3000:]
+    if spot == "set-up":
+      assert ("stopped by SIGINT during set-up, before training: nothing was written: rerun the "
+              "same command to start (or resume)") in output
+      assert not workdir.exists()
+  directory = checkpointing.checkpoint_dir(str(workdir))
+  assert (f"stopped by SIGINT at step 1; checkpoint saved in {directory}/1: rerun the same "
+          "command to resume") in outputs["first step"]
+  assert assert_all_restore(workdir) == [1]
+
+  result = run(args, check=0)
+  assert f"resumed from {directory} at step 1" in result.stderr
+  assert_same_state(restored(trained, 6), restored(workdir, 6))
+
+
 # SIGKILL -----------------------------------------------------------------------
 
 
@@ -193,6 +301,178 @@ def test_sigkill_mid_save_leaves_complete_checkpoints_and_rerun_resumes_keeping_
   steps = assert_all_restore(workdir)
   assert 12 in steps and len(steps) <= 2 and set(steps) - {12} <= best_steps, (steps, evals)
   assert sorted(os.listdir(workdir / "checkpoints")) == sorted(map(str, steps))
+
+
+# Two runs, and readers, on one workdir -------------------------------------------
+
+
+def test_second_run_on_a_workdir_refuses_and_a_dead_runs_lock_is_taken_over(tmp_path, data):
+  workdir = tmp_path / "run"
+  args = flags(workdir, data, quiet=False, num_train_steps=1000, log_every_steps=1,
+               eval_every_epochs=1000.0)
+  first = start(args, tmp_path / "first.txt")
+  deadline = time.time() + 300
+  while not any(r["step"] > 3 for r in train_records(workdir)) and time.time() < deadline:
+    assert first.poll() is None, (tmp_path / "first.txt").read_text()[-3000:]
+    time.sleep(0.05)
+
+  second = run(args)  # The same job, submitted twice.
+  holder = json.loads((workdir / "run.lock").read_text())
+  assert holder["pid"] == first.pid and holder["host"] == socket.gethostname()
+  lock = workdir / "run.lock"
+  assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr[-3000:]
+  assert second.stderr.strip().split("\n")[-1] == (
+      f"error: workdir {workdir} is in use by another run (pid {first.pid} on host "
+      f"{holder['host']}, since {holder['started']}): wait for it to end or stop it, or pass "
+      f"another --workdir; if that run is no longer running (its node crashed), delete {lock} "
+      "and rerun")
+
+  first.kill()  # Dies holding the lock, as on a node that crashed.
+  first.wait(timeout=60)
+  assert json.loads(lock.read_text()) == holder
+  lines = (workdir / "metrics.jsonl").read_text().split("\n")[:-1]  # Less a torn last line.
+  steps = [json.loads(line)["step"] for line in lines if "train_loss" in line]
+  assert steps == list(range(1, len(steps) + 1))  # Each step logged once, by the first run alone.
+  latest = assert_all_restore(workdir)[-1]
+  result = run(flags(workdir, data, quiet=False, num_train_steps=latest + 1, log_every_steps=1,
+                     eval_every_epochs=1000.0), check=0)
+  assert (f"took over the lock {lock} of a run that is no longer running (pid {first.pid} on "
+          f"host {holder['host']}, since {holder['started']})") in result.stderr
+  directory = checkpointing.checkpoint_dir(str(workdir))
+  assert f"resumed from {directory} at step {latest}" in result.stderr
+  assert not lock.exists()
+
+
+def test_eval_and_reads_while_training_prunes_never_report_damage(tmp_path, data, caplog):
+  workdir = tmp_path / "run"
+  # A save after every step, one kept and no eval: the newest checkpoint, which a reader
+  # picks, is deleted one step later.
+  args = flags(workdir, data, num_train_steps=100000, checkpoint_every_epochs=0.34,
+               keep_checkpoints=1, eval_every_epochs=100000.0)
+  training = start(args, tmp_path / "train.txt")
+  try:
+    directory, deadline = checkpointing.checkpoint_dir(str(workdir)), time.time() + 300
+    while not os.path.isdir(directory) or not any(n.isdigit() for n in os.listdir(directory)):
+      assert training.poll() is None and time.time() < deadline
+      time.sleep(0.05)
+    evaluation = subprocess.Popen(
+        [sys.executable, "-m", "resnet_jax.main", f"--workdir={workdir}", "--mode=eval",
+         "--quiet"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Meanwhile what --mode=eval and predict read, in this process, as often as it can.
+    caplog.set_level("INFO")
+    steps, deadline = [], time.time() + 6
+    while time.time() < deadline or len(steps) < 3:
+      steps.append(checkpointing.load_variables(str(workdir)).step)
+    stdout, stderr = evaluation.communicate(timeout=300)
+    assert training.poll() is None, (tmp_path / "train.txt").read_text()[-3000:]
+  finally:
+    training.send_signal(signal.SIGTERM)
+    training.wait(timeout=120)
+  assert steps == sorted(steps) and steps[-1] > steps[0]
+  messages = [r.getMessage() for r in caplog.records]
+  assert not [m for m in messages if "damaged" in m], messages
+  assert evaluation.returncode == 0, stderr[-3000:]
+  assert "damaged" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+  assert re.match(rf"checkpoint {directory}/\d+ \(step \d+\) on test: accuracy", stdout), stdout
+
+
+# Torn and missing files -----------------------------------------------------------
+
+
+def test_torn_metrics_line_is_repaired_and_the_summary_agrees_with_the_checkpoints(
+    trained, tmp_path, data):
+  workdir = copy_of(trained, tmp_path)
+  metrics = workdir / "metrics.jsonl"
+  torn = '{"step": 7, "epoch": 2.3333, "train_lo'  # A run killed while writing step 7.
+  with open(metrics, "a") as f:
+    f.write(torn)
+  result = run(flags(workdir, data, quiet=False, num_epochs=3.0, eval_every_epochs=1.0,
+                     log_every_steps=1), check=0)
+  assert (f"{metrics} ended in a torn line (a run killed while writing it): removed it"
+          in result.stderr)
+  records = [json.loads(line) for line in metrics.read_text().splitlines()]  # Every line whole.
+  assert [r["step"] for r in records if "train_loss" in r][-3:] == [7, 8, 9]
+  with checkpoints(workdir) as manager:
+    saved = {step: (manager.manager.metrics(step) or {}).get("eval_accuracy")
+             for step in manager.steps()}
+    best = manager.best_step()
+  assert saved[9] == [r for r in records if "eval_accuracy" in r][-1]["eval_accuracy"]
+  rows = dict(re.findall(r"^  (final eval accuracy|best eval accuracy|best checkpoint)\s+(.*)$",
+                         result.stdout, re.M))
+  assert rows["final eval accuracy"].startswith(f"{100 * saved[9]:.2f}%  (step 9, loss ")
+  assert rows["best eval accuracy"] == f"{100 * saved[best]:.2f}%  (step {best})"
+  assert rows["best checkpoint"] == f"{workdir}/checkpoints/{best}"
+
+
+def test_without_config_json_eval_reads_the_checkpoints_config_and_resume_checks_it(
+    trained, tmp_path, data):
+  workdir = copy_of(trained, tmp_path)
+  os.remove(workdir / "config.json")
+  result = run([f"--workdir={workdir}", "--mode=eval", "--quiet"], check=0)
+  evals = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()
+           if "eval_accuracy" in line]
+  assert result.stdout.startswith(f"checkpoint {workdir}/checkpoints/6 (step 6) on test: accuracy "
+                                  f"{100 * evals[-1]['eval_accuracy']:.2f}% over 48 examples")
+
+  result = run(flags(workdir, data, num_epochs=3.0, width=8))
+  assert result.returncode == 2 and "damaged" not in result.stderr, result.stderr[-3000:]
+  assert result.stderr.strip().split("\n")[-1] == (
+      f"error: workdir {workdir} holds a run with other settings (width: saved 4, requested 8): "
+      "resume it with its own settings, or pass a new --workdir for a fresh run")
+  assert assert_all_restore(workdir) == [3, 6] and not (workdir / "damaged_checkpoints").exists()
+
+
+def test_non_finite_loss_on_a_fresh_workdir_says_nothing_was_saved_on_its_own_line(tmp_path, data):
+  workdir = tmp_path / "run"
+  result = run(flags(workdir, data, quiet=False, learning_rate="inf", log_every_steps=1))
+  assert result.returncode == 3 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  # Split at newlines alone: the progress bar redraws its line with carriage returns.
+  errors = [line for line in result.stderr.split("\n") if "error:" in line]
+  assert errors == [
+      f"error: loss became nan at step 2; no checkpoint had been saved in "
+      f"{workdir / 'checkpoints'} yet: lower --config.learning_rate or check the data, then "
+      "rerun to resume"], result.stderr[-3000:]
+  assert not glob.glob(str(workdir / "checkpoints" / "*"))
+
+
+# Paths ---------------------------------------------------------------------------
+
+
+def test_paths_that_name_a_file_are_one_line_errors(trained, tmp_path, data):
+  from resnet_jax import export
+  file = tmp_path / "notes.txt"
+  file.write_text("not a folder")
+  weights = tmp_path / "weights.safetensors"
+  export.write_state_dict(export.to_torch_state_dict(
+      *checkpointing.load_variables(str(trained))[:2])[0], str(weights))
+  image = tmp_path / "image.npy"
+  np.save(image, np.zeros((8, 8, 3), np.uint8))
+  commands = {
+      "init_checkpoint": ("resnet_jax.main", flags(tmp_path / "fine", data, init_checkpoint=file)),
+      "eval": ("resnet_jax.main", [f"--workdir={file}", "--mode=eval"]),
+      "predict --workdir": ("resnet_jax.predict", [f"--workdir={file}", image]),
+      "predict --checkpoint": ("resnet_jax.predict", [f"--checkpoint={file}", image]),
+      "convert --output": ("resnet_jax.convert", [f"--torch_checkpoint={weights}",
+                                                  f"--output={file}"]),
+  }
+  processes = {name: subprocess.Popen([sys.executable, "-m", module, *map(str, args)], cwd=REPO,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for name, (module, args) in commands.items()}
+  expected = {
+      "init_checkpoint": f"checkpoint path {file} is a file, not a folder: pass a workdir, its "
+                         "checkpoints/ folder, or one checkpoint step's folder",
+      "eval": f"--workdir={file} is a file, not a folder: pass the workdir of a training run",
+      "predict --workdir": f"--workdir={file} is a file, not a folder: pass the workdir",
+      "predict --checkpoint": f"--checkpoint={file} is a file, not a folder: pass the workdir",
+      "convert --output": f"cannot write checkpoints to {file}/checkpoints: {file} is a file, "
+                          "not a folder: pass a folder path",
+  }
+  for name, process in processes.items():
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 2 and "Traceback" not in stderr, (name, stderr[-3000:])
+    last = stderr.strip().split("\n")[-1]
+    assert last.startswith(f"error: {expected[name]}"), (name, last)
+  assert file.read_text() == "not a folder" and not (tmp_path / "fine").exists()
 
 
 # Damage on disk ------------------------------------------------------------------

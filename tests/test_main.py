@@ -1,17 +1,13 @@
 """The real command end to end on mock CIFAR-10: train, eval, resume, errors."""
 
 import json
-import os
-import signal
 
-import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from resnet_jax import checkpointing, steps, trainer
-from resnet_jax.errors import Stopped
-from tests.conftest import REPO, run_main, tiny_config, tiny_flags
+from resnet_jax import checkpointing
+from tests.conftest import REPO, assert_resume_is_exact, run_main, tiny_config, tiny_flags
 
 MOCK_EXAMPLES = 48  # Per split: 3 steps per epoch at batch 16.
 
@@ -43,44 +39,12 @@ def test_train_then_eval(tmp_path):
   assert f"step {report['step']}" in result.stdout
 
 
-def final_params(workdir):
-  manager = checkpointing.Checkpointer(checkpointing.checkpoint_dir(str(workdir)), read_only=True)
-  step = manager.latest_step()
-  return step, jax.device_get(manager.restore(step))
-
-
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
   config = tiny_config(num_epochs=3.0, data_dir=str(tmp_path / "data"),
                        checkpoint_every_epochs=1.0)
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    trainer.train_and_evaluate(config, str(tmp_path / "straight"), quiet=True)
-
-    compile_step = steps.compile_train_step
-    calls = {"n": 0}
-
-    def compile_and_interrupt(*args, **kwargs):
-      step = compile_step(*args, **kwargs)
-
-      def interrupted(state, data):
-        calls["n"] += 1
-        if calls["n"] == 5:  # Mid-epoch 2: between scheduled checkpoints.
-          os.kill(os.getpid(), signal.SIGTERM)
-        return step(state, data)
-      return interrupted
-
-    monkeypatch.setattr(steps, "compile_train_step", compile_and_interrupt)
-    with pytest.raises(Stopped) as stopped:
-      trainer.train_and_evaluate(config, str(tmp_path / "resumed"), quiet=True)
-    assert stopped.value.exit_code == 143
-    assert final_params(tmp_path / "resumed")[0] == 5  # Saved at the signal, not at step 3.
-    monkeypatch.setattr(steps, "compile_train_step", compile_step)
-    trainer.train_and_evaluate(config, str(tmp_path / "resumed"), quiet=True)
-
-  step_a, straight = final_params(tmp_path / "straight")
-  step_b, resumed = final_params(tmp_path / "resumed")
-  assert step_a == step_b == 9
-  for part in ("params", "batch_stats", "opt_state", "step"):
-    jax.tree.map(np.testing.assert_array_equal, straight[part], resumed[part])
+    # Call 5 is mid-epoch 2: between scheduled checkpoints.
+    assert_resume_is_exact(config, tmp_path, monkeypatch, stop_at_call=5, num_steps=9)
 
 
 def test_offline_without_data_fails_in_one_line(tmp_path):

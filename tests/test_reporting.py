@@ -120,6 +120,30 @@ def test_writer_without_tensorboardx_keeps_jsonl_and_warns_once(tmp_path, monkey
   assert len(warnings) == 1
 
 
+def test_writer_repairs_a_torn_last_line_before_appending(tmp_path, caplog):
+  caplog.set_level(logging.WARNING)
+  path = tmp_path / "metrics.jsonl"
+  whole = json.dumps({"step": 10, "epoch": 0.5, **TRAIN})
+  path.write_text(whole + "\n" + '{"step": 20, "epoch": 1.0, "train_lo')  # Killed mid-write.
+  with reporting.MetricWriter(str(tmp_path)) as writer:
+    writer.write(30, 1.5, TRAIN)
+  assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [10, 30]
+  assert [r.getMessage() for r in caplog.records] == [
+      f"{path} ended in a torn line (a run killed while writing it): removed it, "
+      "'{\"step\": 20, \"epoch\": 1.0, \"train_lo'"]
+
+  caplog.clear()
+  path.write_text(whole)  # Only the newline was lost: the record stays.
+  with reporting.MetricWriter(str(tmp_path)) as writer:
+    writer.write(30, 1.5, TRAIN)
+  assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [10, 30]
+  assert not caplog.records
+
+  path.write_text('{"step": 1')  # A torn first line: the file empties.
+  reporting.repair_tail(str(path))
+  assert path.read_text() == ""
+
+
 def test_tensorboard_tag():
   assert reporting.tensorboard_tag("train_loss") == "train/loss"
   assert reporting.tensorboard_tag("eval_accuracy") == "eval/accuracy"
@@ -163,6 +187,19 @@ def test_summarize_run_prefers_the_resumed_lines_and_adds_sessions(tmp_path):
   assert summary["num_evals"] == 3
   assert summary["wall_time_s"] == 20.0 + 16.0
   assert summary["model"] is None
+
+
+def test_summarize_run_takes_final_and_best_from_the_checkpoints_steps(tmp_path):
+  # A longer run logged step 400 before being resumed, shorter, from an earlier checkpoint;
+  # the best checkpoint is step 300 (kept), not step 200 (never saved).
+  write_lines(str(tmp_path), RUN + [
+      {"step": 400, "epoch": 4.0, "eval_loss": 0.5, "eval_accuracy": 0.9, "wall_time_s": 40.0}])
+  summary = reporting.summarize_run(str(tmp_path), final_step=300, best_step=300)
+  assert (summary["final_eval_step"], summary["final_eval_accuracy"]) == (300, 0.78)
+  assert (summary["best_eval_step"], summary["best_eval_accuracy"]) == (300, 0.78)
+  # Without an eval at the best checkpoint's step, the best logged eval up to the final step.
+  summary = reporting.summarize_run(str(tmp_path), final_step=300, best_step=150)
+  assert (summary["best_eval_step"], summary["best_eval_accuracy"]) == (200, 0.81)
 
 
 def test_summarize_run_without_eval_lines(tmp_path):

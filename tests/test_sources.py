@@ -10,43 +10,8 @@ from PIL import Image
 
 from resnet_jax import sources
 from resnet_jax.errors import UserError
+from tests.conftest import write_image_folder
 
-# (mode, file extension) cycled over the images of each class.
-_KINDS = [("RGB", ".jpg"), ("L", ".png"), ("RGBA", ".png"), ("P", ".gif"), ("RGB", ".bmp"),
-          ("P", ".png")]
-
-
-def write_image_folder(root, split: str = "train",
-                       class_names: tuple[str, ...] = ("zebra", "cat", "dog house"),
-                       per_class: int = 4, size: int | None = None, seed: int = 0) -> list[str]:
-  """Writes ROOT/split/<class>/ images in mixed modes and formats; returns the class names sorted.
-
-  Sizes vary between 8 and 40 px unless `size` fixes them. Beside the images it
-  writes what a FolderSource must ignore: hidden files and folders, a notes.txt.
-  The last image of each class sits in a nested subfolder.
-  """
-  rng = np.random.default_rng(seed)
-  for name in class_names:
-    class_dir = os.path.join(root, split, name)
-    os.makedirs(os.path.join(class_dir, "more"), exist_ok=True)
-    for i in range(per_class):
-      mode, ext = _KINDS[i % len(_KINDS)]
-      height, width = (size, size) if size else rng.integers(8, 41, 2)
-      pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-      image = Image.fromarray(pixels).convert(mode)
-      folder = os.path.join(class_dir, "more") if i == per_class - 1 else class_dir
-      path = os.path.join(folder, f"{i:03d}{ext}")
-      if mode == "P" and ext == ".png":
-        image.save(path, transparency=0)
-      else:
-        image.save(path)
-    with open(os.path.join(class_dir, "notes.txt"), "w") as f:
-      f.write("not an image\n")
-    Image.new("RGB", (8, 8)).save(os.path.join(class_dir, ".hidden.jpg"))
-    os.makedirs(os.path.join(class_dir, ".cache"), exist_ok=True)
-    Image.new("RGB", (8, 8)).save(os.path.join(class_dir, ".cache", "thumb.jpg"))
-  os.makedirs(os.path.join(root, split, ".ipynb_checkpoints"), exist_ok=True)
-  return sorted(class_names)
 
 
 def test_folder_lists_sorted_classes_and_only_images(tmp_path):

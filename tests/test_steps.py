@@ -127,3 +127,74 @@ def test_backbone_lr_scale_scales_backbone_updates():
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(updates["fc"]["kernel"], -1.0)
   np.testing.assert_allclose(updates["conv1"]["kernel"], -0.5)
+
+
+def test_linear_schedule_warms_up_then_decays_linearly_to_zero():
+  config = tiny_config(learning_rate=0.4, warmup_epochs=2.0, lr_schedule="linear")
+  schedule = steps.learning_rate_schedule(config, 10, 100)  # 20 warmup steps, 80 of decay.
+  assert float(schedule(0)) == pytest.approx(0.02)  # lr / warmup_steps: step 0 trains.
+  assert float(schedule(10)) == pytest.approx(0.21)
+  assert float(schedule(20)) == pytest.approx(0.4)
+  assert float(schedule(60)) == pytest.approx(0.2)  # Halfway down: linear, not cosine.
+  assert float(schedule(80)) == pytest.approx(0.1)
+  assert float(schedule(100)) == pytest.approx(0.0, abs=1e-7)
+  no_warmup = steps.learning_rate_schedule(tiny_config(learning_rate=0.4, warmup_epochs=0.0,
+                                                       lr_schedule="linear"), 10, 100)
+  assert float(no_warmup(0)) == pytest.approx(0.4) and float(no_warmup(75)) == pytest.approx(0.1)
+
+
+def test_ema_is_the_hand_computed_average_after_three_steps():
+  decay = 0.75  # Not 0.5, where decay and 1 - decay would be confused unnoticed.
+  # Plain SGD, so that the update is -learning_rate x gradient and its norm checks grad_norm.
+  state, step, data, _ = setup(tiny_config(ema_decay=decay, momentum=0.0, weight_decay=0.0))
+  weights = [copy({"params": state.params, "batch_stats": state.batch_stats})]
+  assert jax.tree.all(jax.tree.map(np.array_equal, copy(state.ema), weights[0]))
+  for _ in range(3):
+    before = copy(state.params)
+    state, metrics = step(state, data)
+    weights.append(copy({"params": state.params, "batch_stats": state.batch_stats}))
+    update = jax.tree.map(np.subtract, weights[-1]["params"], before)
+    flat = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
+    assert float(metrics["update_norm"]) == pytest.approx(np.linalg.norm(flat(update)), rel=1e-4)
+    assert float(metrics["param_norm"]) == pytest.approx(
+        np.linalg.norm(flat(weights[-1]["params"])), rel=1e-5)
+    assert float(metrics["update_norm"]) == pytest.approx(
+        float(metrics["learning_rate"]) * float(metrics["grad_norm"]), rel=1e-4)
+  w0, w1, w2, w3 = weights
+  expected = jax.tree.map(
+      lambda a, b, c, d: decay**3 * a + (1 - decay) * (decay**2 * b + decay * c + d), w0, w1, w2, w3)
+  jax.tree.map(lambda e, got: np.testing.assert_allclose(got, e, rtol=1e-6, atol=1e-7),
+               expected, copy(state.ema))
+  assert not np.allclose(copy(state.ema)["params"]["fc"]["kernel"], w3["params"]["fc"]["kernel"])
+
+
+def test_flip_tta_is_the_mean_of_both_logits():
+  state, _, _, _ = setup(tiny_config())
+  raw = synthetic_data(16, seed=3)
+  x = augment.preprocess(raw["image"], (0.5,) * 3, (0.25,) * 3)
+  batch = {"image": x, "label": jnp.asarray(raw["label"]), "mask": jnp.ones((16,))}
+  apply = lambda images: state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                                        images, train=False)
+  mean_logits = (apply(x) + apply(x[:, :, ::-1])) / 2
+  flip, plain = steps.eval_step(state, batch, 10, "flip"), steps.eval_step(state, batch, 10)
+  expected = optax.softmax_cross_entropy_with_integer_labels(mean_logits, raw["label"]).sum()
+  assert float(flip["loss_sum"]) == pytest.approx(float(expected), rel=1e-5)
+  assert int(flip["correct"]) == int(np.sum(np.argmax(mean_logits, -1) == raw["label"]))
+  assert float(flip["loss_sum"]) != pytest.approx(float(plain["loss_sum"]), rel=1e-4)
+
+
+def test_grad_accumulation_equals_one_big_batch_step():
+  """Exact up to float summation order (rtol 1e-5): the 4 micro-batch gradients are summed
+  and divided once. BatchNorm is in inference mode (frozen backbone, head trained), so each
+  micro-batch sees the same normalisation as the big batch; with BN training, it would not
+  (each micro-batch normalises by its own statistics)."""
+  results = []
+  for grad_accum_steps in (1, 4):
+    state, step, data, _ = setup(tiny_config(freeze_backbone=True,
+                                             grad_accum_steps=grad_accum_steps))
+    for _ in range(2):
+      state, metrics = step(state, data)
+    results.append((copy(state.params), float(metrics["train_loss"])))
+  (big, big_loss), (accumulated, accumulated_loss) = results
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7), big, accumulated)
+  assert accumulated_loss == pytest.approx(big_loss, rel=1e-5)

@@ -6,7 +6,7 @@ from absl import flags
 
 from resnet_jax import sources, streaming
 from resnet_jax.errors import UserError
-from tests.test_sources import write_image_folder
+from tests.conftest import write_image_folder
 
 
 @pytest.fixture(scope="module", autouse=True)
