@@ -10,9 +10,9 @@ mean loss), the triangular schedule (linear warmup over the first 20% of the
 steps, then linear decay to 0), random translation by up to 4 pixels and
 flip, cutout 12 px; 26 epochs = 2,600 steps. Evaluation averages six views
 (image, mirror and both shifted by 1 pixel diagonally: eval_tta
-"flip_translate", airbench's tta_level=2); the issue this config answers
-names flip-and-translate TTA for the baselines, while the copy of the
-94% script read for it averaged the image and its mirror only
+"flip_translate", airbench's tta_level=2), as the issue this config answers
+names flip-and-translate TTA for the baselines; the only copy of the 94%
+script read here (a port to TPU) averaged the image and its mirror alone
 (`--config.eval_tta=flip`).
 
 Cited, not measured here (CIFAR-10 cannot be downloaded on the machines this

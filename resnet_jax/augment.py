@@ -89,7 +89,8 @@ def mix(key: jax.Array, images_BHWC: jax.Array, targets_BK: jax.Array, mixup_alp
   partner = jax.random.permutation(partner_key, batch)
   images = images_BHWC.astype(jnp.float32)
   ones = jnp.ones((batch,), jnp.float32)
-  lam_mixup = jax.random.beta(mixup_key, mixup_alpha, mixup_alpha, (batch,)) if mixup_alpha else ones
+  lam_mixup = (jax.random.beta(mixup_key, mixup_alpha, mixup_alpha, (batch,)) if mixup_alpha
+               else ones)
   mixed = _per_image(lam_mixup) * images + (1 - _per_image(lam_mixup)) * images[partner]
   lam = lam_mixup
   if cutmix_alpha:
@@ -110,7 +111,7 @@ def _per_image(values_B: jax.Array) -> jax.Array:
 
 def _cutmix_box(key: jax.Array, lam_B: jax.Array, height: int,
                 width: int) -> tuple[jax.Array, jax.Array]:
-  """A box per image of about 1 - lam of the area, centred uniformly; and the lam its real area gives."""
+  """A box per image of about 1 - lam of the area, centred at random; and its real area's lam."""
   cut = jnp.sqrt(1.0 - lam_B)
   cut_height = (cut * height).astype(jnp.int32)[:, None, None]
   cut_width = (cut * width).astype(jnp.int32)[:, None, None]

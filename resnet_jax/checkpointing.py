@@ -2,9 +2,9 @@
 
 A checkpoint directory `<workdir>/checkpoints/<step>/` holds three items:
 `state` (a dict with `params`, `batch_stats` and, for training checkpoints,
-`opt_state`, `step` and, with config.ema_decay > 0, `ema`), `config` (the resolved config as JSON) and
-`checksums` (one number per array of `state`). Converted PyTorch weights use
-the same layout without `opt_state`.
+`opt_state`, `step` and, with config.ema_decay > 0, `ema`), `config` (the
+resolved config as JSON) and `checksums` (one number per array of `state`).
+Converted PyTorch weights use the same layout without `opt_state`.
 
 Orbax writes each checkpoint into `<step>.orbax-checkpoint-tmp` and renames it
 when complete, so a killed save leaves only that folder, which the next run
@@ -21,7 +21,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import numpy as np
@@ -30,6 +30,7 @@ from absl import logging
 from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from resnet_jax import checksums as array_checksums
 from resnet_jax.errors import UserError
 
 BEST_METRIC = "eval_accuracy"
@@ -48,34 +49,13 @@ class CheckpointGone(Exception):
   """A checkpoint was deleted while being read: the run writing the workdir pruned it."""
 
 
-# How often a reader picks again when the checkpoints it picks keep being pruned.
-MAX_PICKS = 20
-
-
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
-def checksums(tree: Any) -> dict[str, int]:
-  """Per array of tree, the sum of its bytes as uint32 words, modulo 2**32.
-
-  Any single changed bit changes the sum. Computed on the host from the
-  values in JAX's canonical dtype, so that a checkpoint restored with or
-  without a target, on any devices, gives the same numbers.
-  """
-  sums = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    array = np.asarray(jax.device_get(leaf))
-    array = np.ascontiguousarray(array.astype(jax.dtypes.canonicalize_dtype(array.dtype), copy=False))
-    data = array.reshape(-1).view(np.uint8)
-    data = np.concatenate([data, np.zeros(-data.size % 4, np.uint8)])
-    sums[jax.tree_util.keystr(path)] = int(data.view("<u4").sum(dtype=np.uint64) % 2**32)
-  return sums
-
-
 def verify(step_dir: str, state: Any, saved: Mapping[str, int]) -> None:
   """Raises DamagedCheckpointError when a restored array differs from what was saved."""
-  actual = checksums(state)
+  actual = array_checksums.checksums(state)
   changed = [key for key, value in saved.items() if key in actual and actual[key] != value]
   if changed:
     raise DamagedCheckpointError(f"{len(changed)} array(s) in {step_dir} do not match the "
@@ -111,6 +91,7 @@ class Checkpointer:
   """Saves and restores training checkpoints of one workdir."""
 
   def __init__(self, directory: str, keep: int = 3, read_only: bool = False):
+    _quiet_orbax_leftovers()
     self.directory = os.path.abspath(directory)
     if not read_only:
       _check_creatable(self.directory)
@@ -181,7 +162,7 @@ class Checkpointer:
     self._check_free_space(step, state)
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               config=ocp.args.JsonSave(dict(config)),
-                              checksums=ocp.args.JsonSave(checksums(state)))
+                              checksums=ocp.args.JsonSave(array_checksums.checksums(state)))
     self._saving = step
     try:
       return self.manager.save(step, args=args, metrics=dict(metrics) if metrics else None,
@@ -237,7 +218,6 @@ class Checkpointer:
     devices: Orbax would otherwise ask for the devices the checkpoint was
     saved from, and refuse one saved on 8 GPUs when read on 1.
     """
-    _quiet_failed_restores()
     target = self._replicated_here(step) if target is None else self._fit_items(step, target)
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
@@ -387,16 +367,16 @@ def _discard_failed_restore() -> None:
   gc.collect()
 
 
-def _quiet_failed_restores() -> None:
-  """Keeps what a failed Orbax restore leaves behind from printing reports.
+def _quiet_orbax_leftovers() -> None:
+  """Keeps what a failed Orbax read or save leaves behind from printing reports.
 
-  When one array of a damaged checkpoint cannot be read, Orbax's restore
-  raises at once, leaving the reads of the other arrays unawaited, and
-  TensorStore's threads later complete them into an event loop that has
-  closed, some before the restore has even returned. Each would print an
-  "Exception ignored" report; they hold nothing of ours. Installed before
-  the first read that may fail, the hook drops exactly those reports
-  (everything else still reaches the previous hook).
+  When one array of a damaged checkpoint cannot be read, or a save fails
+  (a full disk), Orbax raises at once, leaving the reads of the other arrays
+  unawaited and TensorStore's completions for them aimed at an event loop
+  that has closed, some before the call has even returned. Each would print
+  an "Exception ignored" report; they hold nothing of ours. Installed with
+  the first Checkpointer, the hook drops exactly those reports (everything
+  else still reaches the previous hook).
   """
   global _leftovers_hook_installed
   if not _leftovers_hook_installed:
@@ -407,104 +387,3 @@ def _quiet_failed_restores() -> None:
 
 
 _leftovers_hook_installed = False
-
-
-def resolve_checkpoint(path: str) -> tuple[str, int | None]:
-  """Maps a workdir, a checkpoints/ folder or one step's folder to (manager dir, step).
-
-  The step is None when path names a whole directory of checkpoints: callers
-  then take its best step.
-  """
-  path = os.path.abspath(path)
-  if not os.path.exists(path):
-    raise UserError(f"checkpoint path {path} does not exist: pass a workdir or a "
-                    "checkpoint directory written by resnet_jax")
-  if not os.path.isdir(path):
-    raise UserError(f"checkpoint path {path} is a file, not a folder: pass a workdir, its "
-                    "checkpoints/ folder, or one checkpoint step's folder")
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    return os.path.join(path, "checkpoints"), None
-  if os.path.isdir(os.path.join(path, "state")):
-    name = os.path.basename(path)
-    if name.isdigit():
-      return os.path.dirname(path), int(name)
-  try:
-    names = os.listdir(path)
-  except OSError as e:
-    raise UserError(f"cannot list checkpoint path {path} ({e.strerror or e}): pass a folder "
-                    "you can read") from None
-  if any(n.isdigit() for n in names):
-    return path, None
-  raise UserError(f"{path} holds no resnet_jax checkpoint: pass a workdir, its "
-                  "checkpoints/ folder, or one checkpoint step's folder")
-
-
-class Restored(NamedTuple):
-  """A checkpoint's model variables (host arrays), its saved config and its step."""
-  variables: dict
-  config: dict
-  step: int
-
-
-def load_variables(path: str, action: str = "using") -> Restored:
-  """The one way to read a checkpoint for evaluation, prediction and fine-tuning.
-
-  `path` is a workdir, its checkpoints/ folder or one step's folder; of a
-  folder of checkpoints, the best step is read. Falls back to older steps
-  when the chosen one is damaged, logging "...; {action} step N instead";
-  raises UserError when nothing can be read. Safe on the workdir of a run
-  in progress: a checkpoint that run prunes while it is read is no damage,
-  and the pick starts again from what is on disk then.
-  """
-  directory, named_step = resolve_checkpoint(path)
-  for _ in range(MAX_PICKS):
-    try:
-      return _load_best(path, directory, named_step, action)
-    except CheckpointGone as e:
-      if named_step is not None:
-        raise UserError(f"checkpoint {e} was deleted while being read (the run writing there "
-                        "prunes old checkpoints): pass a newer one, or the workdir") from None
-      logging.info("checkpoint %s was deleted while being read (pruned by the run writing "
-                   "there): picking again", e)
-  raise UserError(f"the checkpoints in {directory} kept being deleted while being read: "
-                  "try again, or pass one step's folder")
-
-
-def _load_best(path: str, directory: str, named_step: int | None, action: str) -> Restored:
-  """load_variables' one pick, on a fresh listing; CheckpointGone when what it picked is pruned."""
-  try:
-    checkpointer = Checkpointer(directory, read_only=True)
-  except FileNotFoundError as e:  # A step pruned while Orbax listed the folder.
-    raise CheckpointGone(e.filename or directory) from None
-  try:
-    return _load_from(checkpointer, path, directory, named_step, action)
-  finally:
-    checkpointer.close()
-
-
-def _load_from(checkpointer: Checkpointer, path: str, directory: str, named_step: int | None,
-               action: str) -> Restored:
-  step = named_step if named_step is not None else checkpointer.best_step()
-  if step is None:
-    raise UserError(f"{path} holds no checkpoint: train first, or pass another path")
-  named = named_step is not None  # One step's folder: that one, or none.
-  steps = [step] if named else [s for s in checkpointer.steps() if s <= step]
-  restored = checkpointer.restore_newest_intact(steps=steps, skip_gone=False)
-  if restored is None:
-    raise UserError(f"checkpoint {os.path.join(directory, str(step))} is damaged"
-                    f"{'' if named else ', and so is every earlier one'}: pass another "
-                    "checkpoint, or the workdir of another run")
-  used_step, state = restored
-  try:
-    config = checkpointer.restore_live(used_step, read=checkpointer.restore_config)
-  except CheckpointGone:
-    raise
-  except Exception:
-    config = {}
-  if used_step != step:
-    logging.warning("the best checkpoint (step %d) is damaged; %s step %d instead", step, action,
-                    used_step)
-  variables = {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
-  if "ema" in state:
-    variables["ema"] = state["ema"]
-  return Restored(variables, config, used_step)

@@ -329,6 +329,8 @@ def save_converted(variables: Mapping[str, Any], output_dir: str, model: str, st
 
 def _free_checkpoint_dir(output_dir: str) -> str:
   """The checkpoints directory of output_dir, refused when it holds anything already."""
+  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    raise UserError(f"--output={output_dir} is a file, not a folder: pass a new directory")
   directory = os.path.join(os.path.abspath(output_dir), "checkpoints")
   if os.path.isdir(directory) and os.listdir(directory):
     raise UserError(f"{directory} already holds checkpoints: choose a new output directory "

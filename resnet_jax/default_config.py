@@ -30,7 +30,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.cutmix_alpha = 0.0  # CutMix: pasted box area ~ Beta(alpha, alpha); 0: off. Both on:
   # each image gets one or the other, with even odds.
   # Test-time augmentation in eval and predict: "none"; "flip": mean logits of the image and
-  # its mirror; "flip_translate": those plus the mirror pairs shifted 1 pixel diagonally.
+  # its mirror; "flip_translate" (airbench's): those two weighted 1/4 each, and the mirror
+  # pairs of the image shifted 1 pixel down-right and 1 pixel up-left, 1/8 each.
   config.eval_tta = "none"
   # "memory": every split decoded once and held on each device (fast, for data that
   # fits); "stream": batches read from disk by a host pipeline (any size); "auto":
@@ -87,6 +88,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3  # Latest N kept, besides the best.
   config.eval_every_epochs = 1.0
   config.log_every_steps = 50
+  # Training steps traced with the JAX profiler into <workdir>/profile/ (TensorBoard or
+  # Perfetto), starting at the run's second step (its first compiles); 0: off.
+  config.profile_steps = 0
   # Eval accuracies (fractions) whose first reach is timed, e.g. (0.94, 0.96): the eval line
   # gets time_to_<target>_s (seconds of training; compile, eval and saves excluded).
   config.target_accuracies = ()

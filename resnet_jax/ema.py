@@ -40,7 +40,7 @@ def update(ema: Mapping[str, Any], params: Any, batch_stats: Any, decay: float) 
 
 
 def preferred(variables: Mapping[str, Any]) -> tuple[dict, str]:
-  """The weights to evaluate, predict with or fine-tune from, and which they are ("ema" or "raw")."""
+  """The weights to evaluate, predict with or fine-tune from, and which ("ema" or "raw")."""
   ema = variables.get("ema")
   if ema:
     return {"params": ema["params"],

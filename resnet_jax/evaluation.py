@@ -15,7 +15,7 @@ import optax
 from absl import logging
 from jax.sharding import Mesh
 
-from resnet_jax import (checkpointing, configuration, data, ema, input_pipeline, steps,
+from resnet_jax import (checkpointing, configuration, data, ema, input_pipeline, restore, steps,
                         workdir as workdirs)
 from resnet_jax.errors import UserError
 
@@ -111,7 +111,7 @@ def evaluate_workdir(workdir: str, requested: ml_collections.ConfigDict | None =
   if not os.path.isdir(directory):
     raise UserError(f"{workdir} has no checkpoints: train first (same command without "
                     "--mode=eval), or pass the workdir of a trained run")
-  restored = checkpointing.load_variables(workdir, action="evaluating")
+  restored = restore.load_variables(workdir, action="evaluating")
   config = eval_config(workdir, restored.config, requested)
   split = data.open_eval_split(config)
   if isinstance(split, input_pipeline.Split):

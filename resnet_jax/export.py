@@ -24,7 +24,7 @@ import numpy as np
 from flax import traverse_util
 
 from resnet_jax import cli, convert, models
-from resnet_jax.checkpointing import load_variables
+from resnet_jax.restore import load_variables
 from resnet_jax.errors import UserError
 
 SAFETENSORS, PTH = ".safetensors", ".pth"
@@ -64,7 +64,7 @@ def to_torch_state_dict(variables: Mapping[str, Any], config: Mapping[str, Any],
   """Converts {'params', 'batch_stats'} to a torchvision-layout state_dict of numpy arrays.
 
   Args:
-    variables: as `checkpointing.load_variables` returns them.
+    variables: as `restore.load_variables` returns them.
     config: the checkpoint's saved config; its model, stem, width and
       num_classes are checked against the weights (and read off them when absent).
     source: the checkpoint's path, for error messages.

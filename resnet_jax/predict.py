@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image
 
 from resnet_jax import augment, cli, ema, models
-from resnet_jax.checkpointing import load_variables
+from resnet_jax.restore import load_variables
 from resnet_jax.configuration import TTA_MODES
 from resnet_jax.errors import UserError
 
@@ -266,7 +266,7 @@ def checkpoint_path(workdir: str | None, checkpoint: str | None) -> str:
   if not (workdir or checkpoint):
     raise UserError("pass --workdir=DIR (a training or conversion output) or --checkpoint=DIR")
   flag, path = ("workdir", workdir) if workdir else ("checkpoint", checkpoint)
-  # checkpointing.resolve_checkpoint lists the path, which fails with a traceback on a file.
+  # restore.resolve_checkpoint lists the path, which fails with a traceback on a file.
   if os.path.isfile(path):
     raise UserError(f"--{flag}={path} is a file, not a folder: pass the workdir that training "
                     "or resnet_jax.convert wrote, or a checkpoint folder inside it")

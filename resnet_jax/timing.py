@@ -36,7 +36,7 @@ def total_compile_time(records: Records) -> float | None:
 
 
 def first_reached(records: Records, targets: Sequence[float]) -> dict[float, tuple[float, int]]:
-  """target -> (training seconds, step) of the eval line that first reached it, for those reached."""
+  """target -> (training seconds, step) of the eval line that first reached it, if one did."""
   reached = {}
   for target in targets:
     key = target_key(target)
@@ -47,7 +47,7 @@ def first_reached(records: Records, targets: Sequence[float]) -> dict[float, tup
 
 
 class TrainClock:
-  """Training seconds of a run: this session's, compile and eval excluded, on top of earlier ones."""
+  """Training seconds of a run: this session's (compile, eval, saves excluded) after earlier ones."""
 
   def __init__(self, targets: Sequence[float], earlier: Records = ()):
     self.targets = tuple(float(t) for t in targets)

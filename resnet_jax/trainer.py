@@ -18,7 +18,8 @@ from absl import logging
 from flax import serialization
 
 from resnet_jax import (checkpointing, configuration, data, ema, evaluation, pretrained,
-                        progress_bar, reporting, signals, steps, timing, workdir as workdirs)
+                        profiling, progress_bar, reporting, restore, signals, steps, timing,
+                        workdir as workdirs)
 from resnet_jax.errors import NonFiniteLossError, Stopped, UserError
 
 
@@ -52,7 +53,7 @@ class Trainer:
     workdirs.check(self.workdir, config)
     self.mesh = steps.create_mesh()
     # Before the data: a missing or damaged init_checkpoint fails without the wait.
-    init_checkpoint = (checkpointing.load_variables(config.init_checkpoint)
+    init_checkpoint = (restore.load_variables(config.init_checkpoint)
                        if config.init_checkpoint else None)
     training_data = self._load_data(config)
     self._create_state(init_checkpoint)
@@ -89,7 +90,7 @@ class Trainer:
         1, int(round(config.num_epochs * self.steps_per_epoch)))
     return training_data
 
-  def _create_state(self, init_checkpoint: checkpointing.Restored | None) -> None:
+  def _create_state(self, init_checkpoint: restore.Restored | None) -> None:
     config = self.config
     self.schedule = steps.learning_rate_schedule(config, self.steps_per_epoch,
                                                  self.num_train_steps)
@@ -99,7 +100,7 @@ class Trainer:
     self.state = steps.create_train_state(config, model, self.schedule, self.mesh,
                                           init_variables)
 
-  def _fit_init_checkpoint(self, model, restored: checkpointing.Restored) -> dict:
+  def _fit_init_checkpoint(self, model, restored: restore.Restored) -> dict:
     """Variables of config.init_checkpoint fitted to this model (head re-initialised if needed)."""
     source = self.config.init_checkpoint
     init = steps.init_variables_fn(self.config, model)
@@ -196,12 +197,17 @@ class Trainer:
     last_eval = None
     self.progress = progress_bar.Progress(self.steps_per_epoch, last, start,
                                           enabled=self.is_lead and not self.quiet)
+    # Steady state: from the second step of this run (its first compiles).
+    profile = profiling.StepProfile(profiling.profile_dir(self.workdir), config.profile_steps,
+                                    first_step=start + 2, enabled=self.is_lead)
     try:
       with self.stop as stop:
         stop.phase = "training"
         self.clock.start()
         for step in range(start + 1, last + 1):  # `step` counts the steps done after this one.
+          profile.before(step)
           self.state, step_metrics = self.train_step(self.state, self.train_input.next())
+          profile.after(step, self.state)
           if step == start + 1:
             self.clock.first_step_done(step_metrics)
           self.metrics.append(step_metrics)
@@ -222,6 +228,7 @@ class Trainer:
     except KeyboardInterrupt:  # Ctrl-C pressed thrice (or SIGINT to a multi-process run).
       raise self._aborted() from None
     finally:
+      profile.close()  # A run that stops early still writes its trace.
       self.progress.close()
     best_step = self.checkpointer.best_step()
     return {"step": last, "eval": last_eval, "wall_time_s": time.time() - self.started,

@@ -1,11 +1,12 @@
 """The run directory: may it be written, does it hold this run, who runs in it, atomic writes.
 
 One run per workdir: a training run holds `<workdir>/run.lock` (JSON: host,
-pid, started) from the end of its set-up to its end. A second run refuses
-with the holder named; a lock whose run is dead (same host, pid gone) is
-taken over with a warning. Of a multi-process run, process 0 takes the lock
-for all and tells the others the outcome, so that all go on or all refuse.
-Readers (`--mode=eval`, predict) take no lock.
+pid, started; under SLURM also the job ID and restart count) from the end of
+its set-up to its end. A second run refuses with the holder named; a lock
+whose run is dead (same host and pid gone, or an earlier start of the same
+SLURM job, requeued) is taken over with a warning. Of a multi-process run,
+process 0 takes the lock for all and tells the others the outcome, so that
+all go on or all refuse. Readers (`--mode=eval`, predict) take no lock.
 """
 
 import dataclasses
@@ -132,7 +133,8 @@ def _take(path: str, workdir: str) -> dict:
   """Creates the lock file atomically, taking over a dead run's; raises UserError if held."""
   for _ in range(5):  # Each turn ends with the lock taken, refused, or a dead run's removed.
     mine = {"host": socket.gethostname(), "pid": os.getpid(),
-            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            **_slurm_job()}
     if _create_exclusive(path, mine):
       return mine
     holder = _read_holder(path)
@@ -203,8 +205,23 @@ def _read_holder(path: str) -> dict | None:
   return holder if isinstance(holder, dict) else {}
 
 
+def _slurm_job() -> dict:
+  """This process's SLURM job ID and restart count, when SLURM started it."""
+  if "SLURM_JOB_ID" not in os.environ:
+    return {}
+  return {"slurm_job_id": os.environ["SLURM_JOB_ID"],
+          "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0"))}
+
+
 def _alive(holder: dict) -> bool | None:
   """Whether the holder's process runs; None where this host cannot tell (another host)."""
+  mine = _slurm_job()
+  # A requeued job (`--requeue`, after a node failure) keeps its ID and counts its
+  # restarts: its earlier start, on whatever node, has ended.
+  if (mine and holder.get("slurm_job_id") == mine["slurm_job_id"]
+      and isinstance(holder.get("slurm_restart_count"), int)
+      and holder["slurm_restart_count"] < mine["slurm_restart_count"]):
+    return False
   pid = holder.get("pid")
   if holder.get("host") != socket.gethostname() or not isinstance(pid, int):
     return None

@@ -4,7 +4,8 @@ r"""Training-step throughput: resnet_jax's compiled step against the same ResNet
 
 Data are synthetic uint8 images held on the device, augmented there in both
 frameworks (gather, pad-and-crop, flip, normalise), so the comparison is like
-for like. JAX rows: the full compiled step of `steps.compile_train_step`; the
+for like. JAX rows (on CPU compiled with the options of resnet_jax/xla_cpu.py
+unless --no-xla_cpu_tuning): the full compiled step of `steps.compile_train_step`; the
 bare `steps.train_step` on a preprocessed batch; and the trainer's host loop
 (metrics kept in a `reporting.MetricsBuffer`, read every `--log_every` steps;
 use --steps well above it). PyTorch rows come from scripts/torch_baselines.py,
@@ -58,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       "create_train_state (under a second; XLA:CPU takes seconds to a minute "
                       "to compile the model's threefry initialisers); model: the model's own")
   p.add_argument("--peak_flops", type=float, default=0.0, help="device peak FLOP/s for MFU")
+  p.add_argument("--xla_cpu_tuning", action=argparse.BooleanOptionalAction, default=True,
+                 help="on CPU, compile the JAX steps with resnet_jax/xla_cpu.py's options "
+                      "(--no-xla_cpu_tuning: XLA's defaults)")
   p.add_argument("--no_torch", action="store_true")
   p.add_argument("--torch_compile", action=argparse.BooleanOptionalAction, default=None,
                  help="run the torch.compile variant (default: on CUDA only)")
@@ -115,7 +119,7 @@ def cost_flops(jitted, *args) -> float:
 
 def run_jax(args: argparse.Namespace) -> dict:
   import jax
-  from resnet_jax import augment, flops, reporting, steps
+  from resnet_jax import augment, flops, reporting, steps, xla_cpu
   if args.matmul_precision:
     jax.config.update("jax_default_matmul_precision", args.matmul_precision)
   config = jax_config(args)
@@ -132,6 +136,8 @@ def run_jax(args: argparse.Namespace) -> dict:
   images, labels = synthetic_data(args)
   data = {"image": steps.put_replicated(images, mesh), "label": steps.put_replicated(labels, mesh)}
   out = {"init_seconds": init_seconds}
+  tune = xla_cpu.tuned_for_cpu if args.xla_cpu_tuning else (lambda jitted: jitted)
+  out["xla_cpu_options"] = xla_cpu.train_step_options() if args.xla_cpu_tuning else {}
 
   def timed(step, operand, name):
     """Compiles (first call), warms up, times; threads the donated state through."""
@@ -154,7 +160,7 @@ def run_jax(args: argparse.Namespace) -> dict:
     out[f"{name}_seconds_per_step"] = median_seconds_per_step(run_steps, args.steps, args.repeats)
 
   # The full step: gather from the on-device dataset, crop/flip, normalise, train.
-  full_step = steps.compile_train_step(config, mesh, schedule)
+  full_step = tune(steps.compile_train_step(config, mesh, schedule))
   timed(full_step, data, "full")
   memory = full_step.lower(state, data).compile().memory_analysis()
   if memory is not None:
@@ -169,10 +175,11 @@ def run_jax(args: argparse.Namespace) -> dict:
                                        config.label_smoothing)},
       out_shardings=steps.batch_sharded(mesh))
   batch = jax.block_until_ready(make_batch(data))
-  bare_step = jax.jit(
-      functools.partial(steps.train_step, schedule=schedule, dropout_key=jax.random.key(config.seed),
-                        grad_accum_steps=1, ema_decay=config.ema_decay),
-      donate_argnums=0, out_shardings=(steps.replicated(mesh), steps.replicated(mesh)))
+  bare_step = tune(jax.jit(
+      functools.partial(steps.train_step, schedule=schedule,
+                        dropout_key=jax.random.key(config.seed), grad_accum_steps=1,
+                        ema_decay=config.ema_decay),
+      donate_argnums=0, out_shardings=(steps.replicated(mesh), steps.replicated(mesh))))
   timed(bare_step, batch, "bare")
 
   # The trainer's host loop (trainer.Trainer.train): metrics stay on device in the trainer's
@@ -284,6 +291,13 @@ def summarize(args: argparse.Namespace, jax_out: dict, torch_results: dict, torc
            f"MFU peak: {f'{peak:.3g} FLOP/s, ' if peak else ''}{peak_source}. "
            f"JAX peak mem is the process peak over all JAX rows (memory_stats; n/a on CPU). "
            f"Torch compile s = first step.")
+  if jax_out.get("xla_cpu_options"):
+    notes += (f"\nJAX steps compiled with the XLA:CPU options of resnet_jax/xla_cpu.py: "
+              f"{jax_out['xla_cpu_options']}.")
+  loads = [getattr(args, name, None) for name in ("load_before", "load_after")]
+  if None not in loads:  # A shared machine's load changes a CPU ratio: say it.
+    notes += (f"\nLoad average (1 min) before PyTorch {loads[0]:.2f}, after JAX {loads[1]:.2f}, "
+              f"on {os.cpu_count()} CPUs.")
   if torch_skipped:
     notes += f"\nPyTorch: {torch_skipped}"
   result = {
@@ -305,6 +319,8 @@ def summarize(args: argparse.Namespace, jax_out: dict, torch_results: dict, torc
       "peak_memory_bytes": jax_out["peak_memory_bytes"],
       "compiled_memory_bytes": jax_out.get("compiled_memory_bytes"),
       "torch_variants": torch_results, "torch_skipped_reason": torch_skipped,
+      "xla_cpu_options": jax_out.get("xla_cpu_options"),
+      "load_average": loads, "cpu_count": os.cpu_count(),
       "jax_version": jax_out["jax_version"], "torch_version": torch_facts.get("torch_version"),
       "torch_tf32": torch_facts.get("torch_tf32"),
       "imported_tensorflow": imported_tensorflow() or bool(torch_facts.get("imported_tensorflow")),
@@ -314,9 +330,11 @@ def summarize(args: argparse.Namespace, jax_out: dict, torch_results: dict, torc
 
 def main(argv: list[str] | None = None) -> None:
   args = parse_args(argv)
+  args.load_before = os.getloadavg()[0]
   # PyTorch first: JAX has not yet initialised (and preallocated) the device.
   torch_results, torch_facts, torch_skipped = run_torch(args)
   jax_out = run_jax(args)
+  args.load_after = os.getloadavg()[0]
   rows, notes, result = summarize(args, jax_out, torch_results, torch_facts, torch_skipped)
   print(f"device: {jax_out['device']}; torch: {torch_facts.get('torch_device', 'n/a')}; "
         f"{args.model} width {args.width} {args.stem} stem {args.image_size}px, "

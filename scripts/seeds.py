@@ -97,7 +97,8 @@ def markdown_row(dataset: str, config_text: str, stats: dict, device: str, comma
       target = float(key[len("time_to_"):])
       times.append(f"to {100 * target:g}%: " + (f"{_seconds(value)}, {value['n']}/{num_runs} runs"
                                                 if value else f"0/{num_runs} runs"))
-  return f"| {dataset} | {config_text} | {accuracy} | {'; '.join(times) or '-'} | {device} | `{command}` |"
+  cells = [dataset, config_text, accuracy, "; ".join(times) or "-", device, f"`{command}`"]
+  return f"| {' | '.join(cells)} |"
 
 
 def probe_device() -> str:

@@ -12,7 +12,7 @@ import pytest
 from flax import traverse_util
 
 from resnet_jax import convert, models
-from resnet_jax.checkpointing import load_variables
+from resnet_jax.restore import load_variables
 from resnet_jax.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

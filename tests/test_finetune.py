@@ -6,7 +6,7 @@ import pytest
 import tensorflow_datasets as tfds
 from flax import traverse_util
 
-from resnet_jax import checkpointing, pretrained, trainer
+from resnet_jax import pretrained, restore, trainer
 from resnet_jax.errors import UserError
 from tests.conftest import tiny_config
 
@@ -20,7 +20,7 @@ def source_run(tmp_path_factory):
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
     trainer.train_and_evaluate(tiny_config(num_train_steps=2, data_dir=str(workdir / "data")),
                                str(workdir / "run"), quiet=True)
-  variables, _, _ = checkpointing.load_variables(str(workdir / "run"))
+  variables, _, _ = restore.load_variables(str(workdir / "run"))
   return str(workdir / "run"), traverse_util.flatten_dict(jax.device_get(variables))
 
 

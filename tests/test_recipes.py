@@ -3,7 +3,6 @@ time to accuracy in the summary, validation of the new fields."""
 
 import json
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -162,7 +162,8 @@ def test_ema_is_the_hand_computed_average_after_three_steps():
         float(metrics["learning_rate"]) * float(metrics["grad_norm"]), rel=1e-4)
   w0, w1, w2, w3 = weights
   expected = jax.tree.map(
-      lambda a, b, c, d: decay**3 * a + (1 - decay) * (decay**2 * b + decay * c + d), w0, w1, w2, w3)
+      lambda a, b, c, d: decay**3 * a + (1 - decay) * (decay**2 * b + decay * c + d),
+      w0, w1, w2, w3)
   jax.tree.map(lambda e, got: np.testing.assert_allclose(got, e, rtol=1e-6, atol=1e-7),
                expected, copy(state.ema))
   assert not np.allclose(copy(state.ema)["params"]["fc"]["kernel"], w3["params"]["fc"]["kernel"])
@@ -188,13 +189,18 @@ def test_grad_accumulation_equals_one_big_batch_step():
   and divided once. BatchNorm is in inference mode (frozen backbone, head trained), so each
   micro-batch sees the same normalisation as the big batch; with BN training, it would not
   (each micro-batch normalises by its own statistics)."""
+  config = tiny_config(freeze_backbone=True)
+  initial, big_step, data, mesh = setup(config)
+  schedule = steps.learning_rate_schedule(config, NUM_EXAMPLES // 16, 4 * NUM_EXAMPLES // 16)
+  accumulating_step = steps.compile_train_step(
+      resolved_config(tiny_config(freeze_backbone=True, grad_accum_steps=4)), mesh, schedule)
   results = []
-  for grad_accum_steps in (1, 4):
-    state, step, data, _ = setup(tiny_config(freeze_backbone=True,
-                                             grad_accum_steps=grad_accum_steps))
+  for step in (big_step, accumulating_step):
+    state = jax.tree.map(jnp.copy, initial)  # The same start for both; each step donates it.
     for _ in range(2):
       state, metrics = step(state, data)
     results.append((copy(state.params), float(metrics["train_loss"])))
   (big, big_loss), (accumulated, accumulated_loss) = results
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7), big, accumulated)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7),
+               big, accumulated)
   assert accumulated_loss == pytest.approx(big_loss, rel=1e-5)

@@ -18,7 +18,7 @@ import threading
 import numpy as np
 import pytest
 
-from resnet_jax import checkpointing, workdir as workdirs
+from resnet_jax import checkpointing, restore, workdir as workdirs
 from resnet_jax.errors import UserError
 from tests import processes
 from tests.conftest import largest_state_file, tiny_config
@@ -63,7 +63,7 @@ def test_lock_names_its_holder_refuses_a_second_run_and_is_released(tmp_path):
   workdirs.acquire_lock(str(tmp_path)).release()
 
 
-def test_dead_runs_lock_is_taken_over_and_others_are_not(tmp_path, caplog):
+def test_dead_runs_lock_is_taken_over_and_others_are_not(tmp_path, caplog, monkeypatch):
   caplog.set_level(logging.WARNING)
   path = tmp_path / workdirs.LOCK_FILE
   # Same host: a pid that has ended, or one reused by a process begun after the lock.
@@ -83,6 +83,18 @@ def test_dead_runs_lock_is_taken_over_and_others_are_not(tmp_path, caplog):
     workdirs.acquire_lock(str(tmp_path))
   assert str(refused.value) == in_use(tmp_path, holder)
   assert json.loads(path.read_text()) == holder
+
+  # Unless it is this SLURM job's earlier start, requeued after its node failed.
+  holder = write_lock(tmp_path, host="other-node", slurm_job_id="42", slurm_restart_count=0)
+  with monkeypatch.context() as env:
+    env.setenv("SLURM_JOB_ID", "42")
+    env.setenv("SLURM_RESTART_COUNT", "0")  # The same start, or the same job twice: refused.
+    with pytest.raises(UserError, match="is in use by another run"):
+      workdirs.acquire_lock(str(tmp_path))
+    env.setenv("SLURM_RESTART_COUNT", "1")
+    lock = workdirs.acquire_lock(str(tmp_path))
+    assert (lock.holder["slurm_job_id"], lock.holder["slurm_restart_count"]) == ("42", 1)
+    lock.release()
 
   path.write_text('{"host": "nod')  # Unreadable: said so, with the way out.
   with pytest.raises(UserError, match=rf"^workdir {tmp_path} holds a lock that cannot be read "
@@ -128,18 +140,18 @@ def test_checkpoint_pruned_while_read_is_picked_again_not_called_damaged(tmp_pat
                                                                          caplog):
   directory = tmp_path / "checkpoints"
   write_checkpoints(directory, [1, 2])
-  restore = checkpointing.Checkpointer.restore
+  original_restore = checkpointing.Checkpointer.restore
 
   def pruned_while_read(self, step, target=None):
     """Step 2 is being deleted (Orbax's rmtree) as it is read: a file now, the rest soon."""
     if step == 2 and (directory / "2").exists():
       os.remove(largest_state_file(directory / "2"))
       threading.Timer(0.05, shutil.rmtree, [directory / "2"]).start()
-    return restore(self, step, target)
+    return original_restore(self, step, target)
 
   monkeypatch.setattr(checkpointing.Checkpointer, "restore", pruned_while_read)
   caplog.set_level(logging.INFO)
-  restored = checkpointing.load_variables(str(tmp_path))
+  restored = restore.load_variables(str(tmp_path))
   assert restored.step == 1 and restored.config == {"model": "resnet_tiny"}
   np.testing.assert_array_equal(restored.variables["params"]["w"], [1, 1, 1])
   messages = [r.getMessage() for r in caplog.records]
@@ -150,7 +162,7 @@ def test_checkpoint_pruned_while_read_is_picked_again_not_called_damaged(tmp_pat
   write_checkpoints(directory, [2])  # Named by its folder: no other step will do.
   with pytest.raises(UserError, match=rf"^checkpoint {directory}/2 was deleted while being read "
                                       r"\(the run writing there prunes old checkpoints\): pass"):
-    checkpointing.load_variables(str(directory / "2"))
+    restore.load_variables(str(directory / "2"))
 
 
 def test_unfinished_save_is_not_a_checkpoint_for_readers(tmp_path):
@@ -158,4 +170,4 @@ def test_unfinished_save_is_not_a_checkpoint_for_readers(tmp_path):
   write_checkpoints(directory, [1])
   # A save in flight: Orbax writes into this folder and renames it when complete.
   shutil.copytree(directory / "1", directory / "2.orbax-checkpoint-tmp-1234")
-  assert checkpointing.load_variables(str(tmp_path)).step == 1
+  assert restore.load_variables(str(tmp_path)).step == 1
