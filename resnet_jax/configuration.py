@@ -53,8 +53,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise UserError(f"log_every_steps must be positive, got {config.log_every_steps}")
   if (not isinstance(config.profile_steps, int) or isinstance(config.profile_steps, bool)
       or config.profile_steps < 0):
-    raise UserError(f"profile_steps must be a non-negative integer, got {config.profile_steps!r}: "
-                    "set --config.profile_steps=0 (off) or, say, 5")
+    raise UserError(f"profile_steps must be a non-negative integer, got "
+                    f"{config.profile_steps!r}: set --config.profile_steps=0 (off) or, say, 5")
   if config.learning_rate < 0 or config.weight_decay < 0:
     raise UserError("learning_rate and weight_decay must not be negative")
   if config.lr_schedule not in ("cosine", "linear", "constant"):

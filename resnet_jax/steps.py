@@ -23,7 +23,7 @@ from flax import serialization
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from resnet_jax import augment, ema as ema_lib, models, pretrained
+from resnet_jax import augment, ema as ema_lib, models, pretrained, xla_cpu
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -259,12 +259,13 @@ def eval_step(state: TrainState, batch: Batch, num_classes: int, tta: str = "non
 
 
 def compile_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
-                       schedule: optax.Schedule) -> Callable:
+                       schedule: optax.Schedule, cpu_tuning: bool = True) -> Callable:
   """(state, data) -> (state, metrics): augments, normalises and trains in one program.
 
   In memory (config.input_pipeline != "stream") `data` is the whole training
   split on device and each step's batch is drawn from it by
-  `augment.batch_indices`; streamed, `data` is the step's batch itself.
+  `augment.batch_indices`; streamed, `data` is the step's batch itself. With
+  cpu_tuning, the CPU backend compiles it with `xla_cpu`'s options.
   """
   batch_size, num_examples = config.batch_size, config.num_train_examples
   streamed = config.get("input_pipeline") == "stream"
@@ -298,7 +299,9 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
       batch = {name: split_micro_batches(x, num_micro, mesh) for name, x in batch.items()}
     return step_fn(state, batch)
 
-  return jax.jit(step, donate_argnums=0, out_shardings=(replicated(mesh), replicated(mesh)))
+  # On CPU, XLA options measured to make this step about 1.9x faster (xla_cpu.py).
+  return jax.jit(step, donate_argnums=0, out_shardings=(replicated(mesh), replicated(mesh)),
+                 compiler_options=xla_cpu.train_step_options() if cpu_tuning else None)
 
 
 def zero_eval_totals(num_classes: int) -> Metrics:

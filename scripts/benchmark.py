@@ -160,7 +160,7 @@ def run_jax(args: argparse.Namespace) -> dict:
     out[f"{name}_seconds_per_step"] = median_seconds_per_step(run_steps, args.steps, args.repeats)
 
   # The full step: gather from the on-device dataset, crop/flip, normalise, train.
-  full_step = tune(steps.compile_train_step(config, mesh, schedule))
+  full_step = steps.compile_train_step(config, mesh, schedule, cpu_tuning=args.xla_cpu_tuning)
   timed(full_step, data, "full")
   memory = full_step.lower(state, data).compile().memory_analysis()
   if memory is not None:

@@ -14,7 +14,6 @@ Exits 1 when a seed's run failed (the others are still reported).
 """
 
 import argparse
-import math
 import os
 import shlex
 import statistics

@@ -133,6 +133,18 @@ def assert_resume_is_exact(config, base, monkeypatch, stop_at_call: int, num_ste
     jax.tree.map(np.testing.assert_array_equal, straight[part], resumed[part])
 
 
+def assert_same_logits(expected, variables, model_name, num_classes, stem, width, images_BHWC):
+  """resnet_jax's logits for variables equal PyTorch's `expected` within 1e-4 of their scale."""
+  from resnet_jax import models
+  model = models.create_model(model_name, num_classes, stem, width)
+  logits = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(
+      variables, images_BHWC))
+  scale = np.abs(expected).max()
+  # The images must matter, or a wrong mapping could hide behind the fc bias.
+  assert np.abs(expected - expected.mean(axis=0)).max() > 1e-2 * scale
+  assert np.abs(logits - expected).max() < 1e-4 * scale
+
+
 def run_main(args, mock_examples=64, timeout=300, env=None, check=None):
   """Runs the real command on mock data in a subprocess; returns CompletedProcess."""
   command = [sys.executable, os.path.join(REPO, "tests", "mock_main.py"),

@@ -8,12 +8,14 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import traverse_util
 
 from resnet_jax import convert, models
 from resnet_jax.restore import load_variables
 from resnet_jax.errors import UserError
+from tests.conftest import assert_same_logits
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -149,14 +151,7 @@ def test_logits_match_pytorch(model_name, stem, image_size):
   assert (arch.model, arch.stem, arch.width, arch.num_classes) == (
       model_name, stem, width, num_classes)
   variables = convert.from_torch_state_dict(state_dict)
-  model = models.create_model(model_name, num_classes, stem, width)
-  logits = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(
-      variables, images_BHWC))
-
-  scale = np.abs(expected).max()
-  # The images must matter, or a wrong mapping could hide behind the fc bias.
-  assert np.abs(expected - expected.mean(axis=0)).max() > 1e-2 * scale
-  assert np.abs(logits - expected).max() < 1e-4 * scale
+  assert_same_logits(expected, variables, model_name, num_classes, stem, width, images_BHWC)
 
 
 # Key and shape checks, on numpy state_dicts (no PyTorch needed).
@@ -378,3 +373,28 @@ def test_cli_errors_exit_2_without_traceback(tmp_path):
   assert f"error: PyTorch checkpoint {absent} does not exist or is not a file" in result.stderr
   assert "Traceback" not in result.stderr
   assert not (tmp_path / "out").exists()
+
+
+def test_eval_of_converted_weights_normalises_with_the_weights_statistics(tmp_path):
+  """--mode=eval on convert's output (no config.json) uses the mean and std saved with the
+  weights (torchvision's), not the eval split's own statistics."""
+  import tensorflow_datasets as tfds
+  from resnet_jax import augment, evaluation, input_pipeline
+  from tests.conftest import tiny_config
+  variables = _tiny_variables(num_classes=10)
+  variables["batch_stats"] = jax.tree.map(lambda x: np.abs(x) + 0.5, variables["batch_stats"])
+  convert.save_converted(variables, str(tmp_path / "weights"), "resnet_tiny", "cifar", 8, 10)
+  requested = tiny_config(width=8, data_dir=str(tmp_path / "data"))
+  with tfds.testing.mock_data(num_examples=24):
+    result = evaluation.evaluate_workdir(str(tmp_path / "weights"), requested)
+    split, _ = input_pipeline.load_split("cifar10", "test", str(tmp_path / "data"))
+  model = models.create_model("resnet_tiny", 10, "cifar", 8)
+
+  def loss_with(mean, std):
+    logits = model.apply(variables, augment.preprocess(split.images, mean, std), train=False)
+    return float(optax.softmax_cross_entropy_with_integer_labels(logits, split.labels).mean())
+
+  saved = loss_with(convert.IMAGENET_MEAN, convert.IMAGENET_STD)
+  own = loss_with(*input_pipeline.channel_stats(split.images))
+  assert abs(saved - own) > 1e-3 * abs(saved)  # The two normalisations tell apart.
+  assert result["eval_loss"] == pytest.approx(saved, rel=1e-5)

@@ -15,6 +15,7 @@ import pytest
 from resnet_jax import convert, export, models, predict
 from resnet_jax.checkpointing import Checkpointer
 from resnet_jax.errors import UserError
+from tests.conftest import assert_same_logits
 from tests.test_convert import _as_torch_layout, _randomize, _tiny_variables, _torch_resnet
 from tests.test_predict import _random_leaf
 
@@ -82,13 +83,7 @@ def test_exported_weights_give_pytorch_the_same_logits(tmp_path, model_name, ste
   images_BHWC = np.random.default_rng(1).normal(size=(3, size, size, 3)).astype(np.float32)
   with torch.no_grad():
     expected = net(torch.from_numpy(images_BHWC.transpose(0, 3, 1, 2))).numpy()
-  model = models.create_model(model_name, num_classes, stem, width)
-  logits = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(
-      variables, images_BHWC))
-  scale = np.abs(expected).max()
-  # The images and the running statistics must matter, or a wrong mapping could hide.
-  assert np.abs(expected - expected.mean(axis=0)).max() > 1e-2 * scale
-  assert np.abs(logits - expected).max() < 1e-4 * scale
+  assert_same_logits(expected, variables, model_name, num_classes, stem, width, images_BHWC)
 
 
 # Round trips: torchvision-layout state_dict -> convert -> export, bit for bit.

@@ -538,18 +538,28 @@ def test_non_finite_stops_the_run_and_keeps_the_last_good_checkpoint(
 
 # The command with shutil.disk_usage replaced: "plenty" stands for a disk that
 # fills between the free-space check and the write; "none_after_first" reports
-# a full disk once one checkpoint exists, where no tmpfs can be mounted.
+# a full disk once one checkpoint exists. Where no tmpfs can be mounted,
+# "enospc_after_first" also makes every save after the first fail the way
+# TensorStore reports a full disk (os_error_code=28, ENOSPC).
 DISK_USAGE_WRAPPER = """
 import collections, os, runpy, shutil, sys
+import orbax.checkpoint as ocp
 mode = sys.argv.pop(1)
 real_disk_usage, Usage = shutil.disk_usage, collections.namedtuple("Usage", "total used free")
 def disk_usage(path):
-  if mode == "plenty":
+  if mode in ("plenty", "enospc_after_first"):
     return Usage(1 << 40, 0, 1 << 40)
   if mode == "none_after_first" and any(n.isdigit() for n in os.listdir(path)):
     return Usage(1 << 20, 1 << 20, 0)
   return real_disk_usage(path)
 shutil.disk_usage = disk_usage
+real_save = ocp.CheckpointManager.save
+def save(self, step, *args, **kwargs):
+  if mode == "enospc_after_first" and self.all_steps():
+    os.makedirs(os.path.join(str(self.directory), f"{step}.orbax-checkpoint-tmp-1"))
+    raise ValueError("Error writing local file: [os_error_code=28] No space left on device")
+  return real_save(self, step, *args, **kwargs)
+ocp.CheckpointManager.save = save
 runpy.run_module("resnet_jax.main", run_name="__main__", alter_sys=True)
 """
 
@@ -559,6 +569,9 @@ def small_disk(tmp_path):
   """A 600 KiB tmpfs, room for one tiny checkpoint but not two; None where mounting is refused."""
   mount_point = tmp_path / "disk"
   mount_point.mkdir()
+  if os.environ.get("RESNET_JAX_TEST_NO_TMPFS"):  # To run the simulated full disk here too.
+    yield None
+    return
   try:
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount_point)],
                              capture_output=True).returncode == 0
@@ -571,10 +584,11 @@ def small_disk(tmp_path):
 
 @pytest.mark.parametrize("when", ["before_save", "during_save"])
 def test_full_disk_is_one_line_error_and_earlier_checkpoints_stay(tmp_path, data, small_disk, when):
-  if small_disk is None and when == "during_save":
-    pytest.skip("a write that fails midway needs a small tmpfs, and mounting one is not allowed here")
   workdir = (small_disk or tmp_path) / "run"
-  mode = {"during_save": "plenty", "before_save": "real" if small_disk else "none_after_first"}[when]
+  if small_disk:
+    mode = {"during_save": "plenty", "before_save": "real"}[when]
+  else:  # No tmpfs allowed: the full disk is simulated.
+    mode = {"during_save": "enospc_after_first", "before_save": "none_after_first"}[when]
   result = run([mode, *flags(workdir, data, num_epochs=2.0)], prefix=("-c", DISK_USAGE_WRAPPER))
   context = result.stderr[-3000:]
   assert result.returncode == 2 and "Traceback" not in result.stderr, context

@@ -2,11 +2,12 @@
 
 import json
 
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from resnet_jax import checkpointing
+from resnet_jax import checkpointing, trainer
 from tests.conftest import REPO, assert_resume_is_exact, run_main, tiny_config, tiny_flags
 
 MOCK_EXAMPLES = 48  # Per split: 3 steps per epoch at batch 16.
@@ -59,3 +60,21 @@ def test_offline_without_data_fails_in_one_line(tmp_path):
   assert "Traceback" not in result.stderr
   assert result.stderr.strip().splitlines()[-1].startswith("error: manual_dir")
   assert not workdir.exists()
+
+
+def test_training_loop_makes_no_hidden_host_transfers(tmp_path):
+  """Steps, metric reads, evaluation and saves under transfer_guard("disallow").
+
+  On CPU the guard catches implicit host-to-device transfers (a numpy array or
+  Python number handed to a compiled function each step, which syncs the host);
+  device-to-host copies are not guarded there. Every transfer in the loop must
+  be an explicit one."""
+  config = tiny_config(num_epochs=2.0, log_every_steps=2, data_dir=str(tmp_path / "data"))
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    run = trainer.Trainer(config, str(tmp_path / "run"), quiet=True)
+  try:
+    with jax.transfer_guard("disallow"):
+      result = run.train()
+  finally:
+    run.close()
+  assert result["step"] == 6 and result["eval"]["eval_count"] == MOCK_EXAMPLES
