@@ -333,7 +333,9 @@ def test_second_run_on_a_workdir_refuses_and_a_dead_runs_lock_is_taken_over(tmp_
   lines = (workdir / "metrics.jsonl").read_text().split("\n")[:-1]  # Less a torn last line.
   steps = [json.loads(line)["step"] for line in lines if "train_loss" in line]
   assert steps == list(range(1, len(steps) + 1))  # Each step logged once, by the first run alone.
-  latest = assert_all_restore(workdir)[-1]
+  # Killed at any moment, possibly mid-save: the resume starts from the newest intact step.
+  with checkpoints(workdir) as manager:
+    latest = manager.restore_newest_intact()[0]
   result = run(flags(workdir, data, quiet=False, num_train_steps=latest + 1, log_every_steps=1,
                      eval_every_epochs=1000.0), check=0)
   assert (f"took over the lock {lock} of a run that is no longer running (pid {first.pid} on "
