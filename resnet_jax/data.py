@@ -125,7 +125,7 @@ def open_training_data(config: ml_collections.ConfigDict) -> TrainingData:
   if mode == "memory":
     dataset = (_decode_folder(config, train_source, eval_source) if folder
                else input_pipeline.load_dataset(config))
-    return TrainingData(facts=_facts(config, "memory", dataset.num_classes, dataset.class_names,
+    return TrainingData(facts=_facts("memory", dataset.num_classes, dataset.class_names,
                                      dataset.mean, dataset.std, dataset.train.images.shape[1:],
                                      len(dataset.train.labels)), memory=dataset)
   if not folder:
@@ -136,14 +136,13 @@ def open_training_data(config: ml_collections.ConfigDict) -> TrainingData:
   input_shape = (size, size, train_source.channels)
   mean, std = (config.mean, config.std) if config.mean else _estimate_stats(train_source, size)
   input_pipeline.check_normalisation(config, mean, std, train_source.channels)
-  return TrainingData(facts=_facts(config, "stream", config.num_classes or train_source.num_classes,
+  return TrainingData(facts=_facts("stream", config.num_classes or train_source.num_classes,
                                    train_source.class_names, mean, std, input_shape,
                                    len(train_source)),
                       train_source=train_source, eval_source=eval_source)
 
 
-def _facts(config, mode, num_classes, class_names, mean, std, input_shape, num_examples) -> dict:
-  del config
+def _facts(mode, num_classes, class_names, mean, std, input_shape, num_examples) -> dict:
   return {"input_pipeline": mode, "num_classes": num_classes, "class_names": class_names,
           "mean": mean, "std": std, "input_shape": input_shape,
           "num_train_examples": num_examples}
@@ -183,10 +182,6 @@ def _decode_folder(config, train_source, eval_source) -> input_pipeline.Dataset:
   train = _decode_split(train_source, size)
   eval_size = size or train.images.shape[1]
   evaluation = _decode_split(eval_source, eval_size)
-  if evaluation.images.shape[1:] != train.images.shape[1:]:
-    evaluation = input_pipeline.Split(
-        np.stack([sources.resize_center_crop(i, train.images.shape[1]) for i in evaluation.images]),
-        evaluation.labels)
   mean, std = ((tuple(config.mean), tuple(config.std)) if config.mean
                else input_pipeline.channel_stats(train.images))
   input_pipeline.check_normalisation(config, mean, std, train.images.shape[-1])

@@ -33,6 +33,7 @@ class Evaluator:
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, split: Any):
     self.config, self.mesh = config, mesh
+    self.data, self.source = None, None  # The split on device (memory), or its source (stream).
     if isinstance(split, input_pipeline.Split):
       images, labels, mask = input_pipeline.pad_for_eval(split, config.eval_batch_size)
       self.data = {name: steps.put_replicated(array, mesh)
@@ -49,7 +50,7 @@ class Evaluator:
     """
     state, weights = ema.for_eval(state)
     described = {"eval_weights": weights, "eval_tta": self.config.eval_tta}
-    if hasattr(self, "data"):
+    if self.data is not None:
       return {**summarize(jax.device_get(self._evaluate(state, self.data))), **described}
     totals = jax.device_put(steps.zero_eval_totals(self.config.num_classes),
                             steps.replicated(self.mesh))
@@ -122,9 +123,9 @@ def evaluate_workdir(workdir: str, requested: ml_collections.ConfigDict | None =
     logging.warning("%s saved no normalisation: using the eval split's own", workdir)
   mean, std = ((config.mean, config.std) if config.get("mean")
                else input_pipeline.channel_stats(split.images))
+  class_names = class_names or data.class_names_of(config, split)
   config = configuration.resolve(config, {
-      "num_classes": config.num_classes or len(data.class_names_of(config, split)),
-      "class_names": class_names or data.class_names_of(config, split),
+      "num_classes": config.num_classes or len(class_names), "class_names": class_names,
       "mean": mean, "std": std, "input_shape": input_shape,
       "num_train_examples": config.get("num_train_examples", 0)})
   mesh = steps.create_mesh()
