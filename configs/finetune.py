@@ -12,7 +12,7 @@ ImageNet weights on 32x32 images, `--config.stem=imagenet
 --config.image_size=64` (or 128) resizes on device before the model.
 """
 
-from resnet_jax import default_config
+from resnet_jax.config import default_config
 
 
 def get_config():

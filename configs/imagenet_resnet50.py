@@ -22,7 +22,7 @@ architecture this project builds: stride 2 in the 3x3 convolution) reaches
 `batch_size` global and the learning rate at 0.1 x batch / 256.
 """
 
-from resnet_jax import default_config
+from resnet_jax.config import default_config
 
 
 def get_config():

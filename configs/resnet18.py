@@ -9,7 +9,7 @@ here: kuangliu/pytorch-cifar reports 93.0% test accuracy for ResNet-18 and
 project are in README.md and docs/benchmarks.md.
 """
 
-from resnet_jax import default_config
+from resnet_jax.config import default_config
 
 
 def get_config():

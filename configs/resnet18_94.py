@@ -25,7 +25,7 @@ warmup at 0.2 x the peak (here peak / warmup steps), and computes in fp16
 at 94% (compile, eval and checkpoint saves excluded).
 """
 
-from resnet_jax import default_config
+from resnet_jax.config import default_config
 
 
 def get_config():

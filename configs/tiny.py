@@ -6,7 +6,7 @@ r"""A seconds-long CPU smoke run: a one-block-per-stage ResNet of width 8.
 Not a recipe for accuracy: it checks that the whole pipeline runs.
 """
 
-from resnet_jax import default_config
+from resnet_jax.config import default_config
 
 
 def get_config():

@@ -9,7 +9,7 @@ ImageNet-stem ResNet-18 (7x7/2 conv and max-pool on 32x32 images), batch
 the CIFAR-stem one; no figure for it is measured here.
 """
 
-from resnet_jax import default_config
+from resnet_jax.config import default_config
 
 
 def get_config():

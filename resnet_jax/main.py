@@ -12,7 +12,7 @@ import os
 from absl import flags, logging
 from ml_collections import config_flags
 
-from resnet_jax import cli, distributed
+from resnet_jax.cli import runner, distributed
 from resnet_jax.errors import UserError
 
 flags.DEFINE_string("workdir", None, "Run directory; default runs/<config file stem>.")
@@ -34,22 +34,28 @@ def default_workdir() -> str:
 
 
 def main(argv: list[str]) -> None:
-  cli.no_arguments(argv, "config fields go as --config.FIELD=VALUE")
+  runner.no_arguments(argv, "config fields go as --config.FIELD=VALUE")
   if FLAGS.quiet:
     logging.set_verbosity(logging.WARNING)
   import jax
-  from resnet_jax import evaluation, trainer
+  from resnet_jax.evaluation import evaluator
+  from resnet_jax.train import trainer
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   workdir = FLAGS.workdir or default_workdir()
   logging.info("JAX %s on %d %s device(s), %d process(es); workdir %s", jax.__version__,
                jax.device_count(), jax.default_backend(), jax.process_count(), workdir)
   if FLAGS.mode == "eval":
-    evaluation.evaluate_workdir(workdir, FLAGS.config)
+    evaluator.evaluate_workdir(workdir, FLAGS.config)
   elif FLAGS.config is None:
     raise UserError("pass --config=configs/<name>.py to train (see configs/)")
   else:
     trainer.train_and_evaluate(FLAGS.config, workdir, quiet=FLAGS.quiet, print_summary=True)
 
 
+def run() -> None:
+  """The console script `resnet-jax-train`."""
+  runner.run(main)
+
+
 if __name__ == "__main__":
-  cli.run(main)
+  run()

@@ -7,7 +7,7 @@ frameworks (gather, pad-and-crop, flip, normalise), so the comparison is like
 for like. JAX rows (on CPU compiled with the options of resnet_jax/xla_cpu.py
 unless --no-xla_cpu_tuning): the full compiled step of `steps.compile_train_step`; the
 bare `steps.train_step` on a preprocessed batch; and the trainer's host loop
-(metrics kept in a `reporting.MetricsBuffer`, read every `--log_every` steps;
+(metrics kept in a `metric_log.MetricsBuffer`, read every `--log_every` steps;
 use --steps well above it). PyTorch rows come from scripts/torch_baselines.py,
 run in a child process before JAX touches the device (see its docstring).
 Prints a table, then one JSON line, last. Measured: docs/benchmarks.md
@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def jax_config(args: argparse.Namespace):
   """The resolved config, as if the synthetic data had been loaded by the trainer."""
-  from resnet_jax import configuration, default_config
+  from resnet_jax.config import configuration, default_config
   config = default_config.get_config()
   config.model, config.width, config.stem = args.model, args.width, args.stem
   config.batch_size = args.batch_size
@@ -95,7 +95,7 @@ def jax_config(args: argparse.Namespace):
 def host_init_variables(config, model, seed: int = 0) -> dict:
   """Kaiming-normal (fan_out) convolutions, unit BN, zero biases: shapes from eval_shape."""
   import jax
-  from resnet_jax import steps
+  from resnet_jax.train import steps
   shapes = jax.eval_shape(steps.init_variables_fn(config, model))
   rng = np.random.default_rng(seed)
 
@@ -119,22 +119,27 @@ def cost_flops(jitted, *args) -> float:
 
 def run_jax(args: argparse.Namespace) -> dict:
   import jax
-  from resnet_jax import augment, flops, reporting, steps, xla_cpu
+  from resnet_jax.data import augment
+  from resnet_jax.models import flops
+  from resnet_jax.reporting import metric_log
+  from resnet_jax import sharding
+  from resnet_jax.models import build
+  from resnet_jax.train import steps, xla_cpu
   if args.matmul_precision:
     jax.config.update("jax_default_matmul_precision", args.matmul_precision)
   config = jax_config(args)
-  batch_size, dtype = config.batch_size, steps.compute_dtype(config)
-  mesh = steps.create_mesh()
+  batch_size, dtype = config.batch_size, build.compute_dtype(config)
+  mesh = sharding.create_mesh()
   schedule = steps.learning_rate_schedule(config, config.num_train_examples // batch_size,
                                           config.num_train_steps)
-  model = steps.create_model(config)
+  model = build.create_model(config)
   init_variables = host_init_variables(config, model) if args.init == "host" else None
   start = time.perf_counter()
   state = jax.block_until_ready(
       steps.create_train_state(config, model, schedule, mesh, init_variables))
   init_seconds = time.perf_counter() - start
   images, labels = synthetic_data(args)
-  data = {"image": steps.put_replicated(images, mesh), "label": steps.put_replicated(labels, mesh)}
+  data = {"image": sharding.put_replicated(images, mesh), "label": sharding.put_replicated(labels, mesh)}
   out = {"init_seconds": init_seconds}
   tune = xla_cpu.tuned_for_cpu if args.xla_cpu_tuning else (lambda jitted: jitted)
   out["xla_cpu_options"] = xla_cpu.train_step_options() if args.xla_cpu_tuning else {}
@@ -171,15 +176,15 @@ def run_jax(args: argparse.Namespace) -> dict:
   make_batch = jax.jit(lambda d: {
       "image": augment.preprocess(d["image"][:batch_size], config.mean, config.std,
                                   config.image_size, dtype),
-      "target": steps.smoothed_targets(d["label"][:batch_size], config.num_classes,
+      "target": build.smoothed_targets(d["label"][:batch_size], config.num_classes,
                                        config.label_smoothing)},
-      out_shardings=steps.batch_sharded(mesh))
+      out_shardings=sharding.batch_sharded(mesh))
   batch = jax.block_until_ready(make_batch(data))
   bare_step = tune(jax.jit(
       functools.partial(steps.train_step, schedule=schedule,
                         dropout_key=jax.random.key(config.seed), grad_accum_steps=1,
                         ema_decay=config.ema_decay),
-      donate_argnums=0, out_shardings=(steps.replicated(mesh), steps.replicated(mesh))))
+      donate_argnums=0, out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh))))
   timed(bare_step, batch, "bare")
 
   # The trainer's host loop (trainer.Trainer.train): metrics stay on device in the trainer's
@@ -188,7 +193,7 @@ def run_jax(args: argparse.Namespace) -> dict:
 
   def loop(n):
     nonlocal state
-    metrics = reporting.MetricsBuffer(batch_size, start_step=0)
+    metrics = metric_log.MetricsBuffer(batch_size, start_step=0)
     for step in range(1, n + 1):
       state, step_metrics = full_step(state, data)
       metrics.append(step_metrics)
@@ -198,7 +203,7 @@ def run_jax(args: argparse.Namespace) -> dict:
   out["loop_seconds_per_step"] = median_seconds_per_step(loop, args.steps, args.repeats)
   out["log_every"] = log_every
   out["formula_flops_per_image"] = flops.train_flops_per_image(model,
-                                                               steps.model_input_shape(config))
+                                                               build.model_input_shape(config))
   stats = jax.local_devices()[0].memory_stats()
   out["peak_memory_bytes"] = stats.get("peak_bytes_in_use") if stats else None
   device = jax.devices()[0]

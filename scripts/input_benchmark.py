@@ -59,7 +59,7 @@ def write_synthetic_jpegs(root: str, split: str, num_images: int, num_classes: i
 
 def measure(source, workers: int, args) -> dict:
   """Streams warmup + steps batches with `workers` processes; returns timings."""
-  from resnet_jax import streaming
+  from resnet_jax.data import streaming
   steps = args.steps or max(1, len(source) // args.batch_size - args.warmup)
   stream = streaming.TrainStream(
       source, global_batch_size=args.batch_size, image_size=args.image_size,
@@ -81,7 +81,7 @@ def main(argv=None) -> None:
   args = parse_args(argv)
   from absl import flags
   flags.FLAGS.mark_as_parsed()  # Grain's mp_prefetch reads absl flags.
-  from resnet_jax import sources
+  from resnet_jax.data import sources
   with tempfile.TemporaryDirectory() as tmp:
     root = args.folder
     if not root:

@@ -26,7 +26,7 @@ def compilation_cache(tmp_path_factory):
 
 def tiny_config(**overrides):
   """A seconds-long config: resnet_tiny of width 4 on mock CIFAR-10."""
-  from resnet_jax import default_config
+  from resnet_jax.config import default_config
   config = default_config.get_config()
   config.model = "resnet_tiny"
   config.width = 4
@@ -50,7 +50,7 @@ def tiny_flags(workdir, data_dir, **overrides) -> list[str]:
 
 def resolved_config(config=None, size=16, num_train_examples=64, **overrides):
   """A config resolved as if 3-channel size x size images of 10 classes had loaded."""
-  from resnet_jax import configuration
+  from resnet_jax.config import configuration
   config = config if config is not None else tiny_config()
   config.update(overrides)
   return configuration.resolve(config, {
@@ -62,13 +62,13 @@ def resolved_config(config=None, size=16, num_train_examples=64, **overrides):
 def write_mock_cifar10(data_dir, num_examples: int) -> None:
   """Puts mock CIFAR-10 into data_dir as the input pipeline's decoded cache, once."""
   import tensorflow_datasets as tfds
-  from resnet_jax import input_pipeline
+  from resnet_jax.data import memory
   if os.path.isdir(os.path.join(data_dir, "resnet_jax_cache")):
     return
   with tfds.testing.mock_data(num_examples=num_examples):
     for split in ("train", "test"):
-      arrays, meta = input_pipeline.load_split("cifar10", split, str(data_dir))
-      input_pipeline._write_cache(input_pipeline._cache_path(str(data_dir), "cifar10", split),
+      arrays, meta = memory.load_split("cifar10", split, str(data_dir))
+      memory._write_cache(memory._cache_path(str(data_dir), "cifar10", split),
                                   arrays, meta)
 
 
@@ -94,7 +94,7 @@ def damage_checkpoint(step_dir, how: str = "truncated") -> None:
 
 def final_state(workdir) -> tuple[int, dict]:
   """(latest step, its saved state as host arrays)."""
-  from resnet_jax import checkpointing
+  from resnet_jax.checkpoints import checkpointing
   manager = checkpointing.Checkpointer(checkpointing.checkpoint_dir(str(workdir)), read_only=True)
   step = manager.latest_step()
   return step, jax.device_get(manager.restore(step))
@@ -104,7 +104,7 @@ def assert_resume_is_exact(config, base, monkeypatch, stop_at_call: int, num_ste
   """Trains `config` straight, and again stopped by SIGTERM at a train-step call then resumed;
   asserts both end with bit-identical parameters, statistics and optimizer state."""
   import signal
-  from resnet_jax import steps, trainer
+  from resnet_jax.train import steps, trainer
   from resnet_jax.errors import Stopped
   trainer.train_and_evaluate(config, str(base / "straight"), quiet=True)
   compile_step = steps.compile_train_step
@@ -135,8 +135,8 @@ def assert_resume_is_exact(config, base, monkeypatch, stop_at_call: int, num_ste
 
 def assert_same_logits(expected, variables, model_name, num_classes, stem, width, images_BHWC):
   """resnet_jax's logits for variables equal PyTorch's `expected` within 1e-4 of their scale."""
-  from resnet_jax import models
-  model = models.create_model(model_name, num_classes, stem, width)
+  from resnet_jax.models import resnet
+  model = resnet.create_model(model_name, num_classes, stem, width)
   logits = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(
       variables, images_BHWC))
   scale = np.abs(expected).max()

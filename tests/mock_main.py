@@ -7,7 +7,8 @@ import sys
 
 import tensorflow_datasets as tfds
 
-from resnet_jax import cli, main
+from resnet_jax.cli import runner
+from resnet_jax import main
 
 if __name__ == "__main__":
   num_examples = 64
@@ -18,4 +19,4 @@ if __name__ == "__main__":
     else:
       argv.append(arg)
   with tfds.testing.mock_data(num_examples=num_examples):
-    cli.run(main.main, argv=argv)
+    runner.run(main.main, argv=argv)

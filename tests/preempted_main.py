@@ -8,7 +8,7 @@ import runpy
 import signal
 import time
 
-from resnet_jax import steps
+from resnet_jax.train import steps
 
 PREEMPT_AT_CALL = int(os.environ["PREEMPT_AT_CALL"])
 compile_train_step = steps.compile_train_step

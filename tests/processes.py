@@ -26,7 +26,7 @@ import numpy as np
 from etils import epath
 import orbax.checkpoint as ocp
 
-from resnet_jax import checkpointing
+from resnet_jax.checkpoints import checkpointing
 from tests import conftest
 from tests.conftest import REPO, tiny_flags
 

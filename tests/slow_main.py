@@ -19,7 +19,7 @@ import time
 
 from orbax.checkpoint._src.path import atomicity
 
-from resnet_jax import steps
+from resnet_jax.train import steps
 
 
 def seconds(name: str) -> float:

@@ -1,0 +1,9 @@
+"""Where a run's state is written and read back.
+
+checkpointing.py: Orbax checkpoints, the latest N and the best, saved asynchronously.
+checksums.py: one sum per array, to catch changed bytes.
+restore.py: the one read path for eval, predict, export and fine-tuning.
+workdir.py: the run directory: checks, the lock, atomic JSON.
+
+May import `config` and `errors`.
+"""

@@ -1,0 +1,53 @@
+"""`python -m resnet_jax.predict`: classify images or folders with a checkpoint (flags and output)."""
+
+import os
+from collections.abc import Sequence
+
+from resnet_jax.cli import runner
+from resnet_jax.errors import UserError
+from resnet_jax.evaluation import prediction
+
+
+def define_flags() -> None:
+  """Defined only when run as a program, so importing this module adds no flags."""
+  from absl import flags
+  flags.DEFINE_string("workdir", None, "Training (or conversion) workdir to load the best "
+                      "checkpoint of.")
+  flags.DEFINE_string("checkpoint", None, "A checkpoints/ folder or one step's folder.")
+  flags.DEFINE_integer("top_k", 5, "Classes to show per file.", lower_bound=1)
+  flags.DEFINE_integer("batch_size", prediction.DEFAULT_BATCH_SIZE,
+                       "Images read and classified at a time.", lower_bound=1)
+  flags.DEFINE_string("output", None, "Also write the predictions to FILE.json or FILE.csv.")
+  flags.DEFINE_string("tta", None, "Test-time augmentation: none, flip or flip_translate; "
+                      "default: the run's eval_tta.")
+
+
+def main(argv: Sequence[str]) -> int:
+  from absl import flags
+  FLAGS = flags.FLAGS
+  runner.quiet_libraries(quiet=False)  # Orbax logs each restore at INFO.
+  if len(argv) < 2:
+    raise UserError("pass image files or folders to classify: python -m resnet_jax.predict "
+                    "--workdir=DIR IMAGE_OR_FOLDER...")
+  checkpoint = prediction.checkpoint_path(FLAGS.workdir, FLAGS.checkpoint)
+  if FLAGS.output:
+    prediction.check_output(FLAGS.output)  # Before the slow part, and again when writing.
+  files = prediction.expand_paths(argv[1:])
+  predictor = prediction.load_predictor(checkpoint, FLAGS.tta)
+  results = []
+  for result in prediction.classify(predictor, files, FLAGS.top_k, FLAGS.batch_size):
+    print_result(result)
+    results.append(result)
+  if FLAGS.output:
+    prediction.write_results(FLAGS.output, results)
+    print(f"wrote {os.path.abspath(FLAGS.output)}")
+  return 1 if any("error" in r for r in results) else 0
+
+
+def print_result(result: dict) -> None:
+  if "error" in result:
+    runner.print_error(result["error"])
+    return
+  print(result["file"])
+  for p in result["predictions"]:
+    print(f"  {p['probability']:.4f}  {p['class']}")

@@ -1,0 +1,289 @@
+"""What a run reads: a dataset held in device memory or streamed from disk.
+
+`open_training_data` decides the input pipeline (config.input_pipeline:
+memory, stream, or auto), loads what the config names (a TFDS dataset or a
+`folder:ROOT` of images) and says what the data decided (classes,
+normalisation, image shape), which `configuration.resolve` writes into the
+config once. The trainer then asks a `TrainInput` for each step's input and
+hands an `EvalInput` to the evaluator.
+
+The auto rule: memory when the decoded train and eval splits take at most a
+quarter of the smallest device's memory (on CPU, of the host's RAM shared by
+its devices, since each device holds a copy) and the training images share
+one size; stream otherwise.
+"""
+
+import dataclasses
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh
+
+from resnet_jax.data import memory, sources, streaming
+from resnet_jax.errors import UserError
+from resnet_jax import sharding
+
+MEMORY_FRACTION = 0.25
+STATS_SAMPLE = 1024  # Images that estimate a streamed dataset's normalisation.
+
+
+@dataclasses.dataclass
+class TrainingData:
+  """The loaded data and the facts `configuration.resolve` takes from it."""
+  facts: dict[str, Any]
+  arrays: memory.Dataset | None = None  # Both splits, when held in memory.
+  train_source: Any = None  # Random-access sources, when streamed.
+  eval_source: Any = None
+
+
+def device_memory_budget() -> tuple[int, str]:
+  """Bytes a dataset held on every device may take, and what they are a quarter of."""
+  devices = jax.local_devices()
+  limits = [(d.memory_stats() or {}).get("bytes_limit") for d in devices]
+  if all(limits):
+    return int(min(limits) * MEMORY_FRACTION), f"a quarter of {min(limits) / 2**30:.1f} GiB per device"
+  ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  share = ram // len(devices)
+  return int(share * MEMORY_FRACTION), (f"a quarter of {ram / 2**30:.1f} GiB of RAM over "
+                                        f"{len(devices)} device(s)")
+
+
+def _gib(num_bytes: float) -> str:
+  return f"{num_bytes / 2**30:.2f} GiB"
+
+
+def choose_pipeline(config: ml_collections.ConfigDict, shape: tuple[int, ...] | None,
+                    num_examples: int) -> str:
+  """"memory" or "stream", from config.input_pipeline and the data; logs the reason."""
+  requested = config.input_pipeline
+  budget, budget_text = device_memory_budget()
+  needed = num_examples * int(np.prod(shape)) if shape else None
+  if requested == "memory":
+    if config.train_crop == "random_resized":
+      raise UserError("train_crop='random_resized' needs the stream pipeline: set "
+                      "--config.input_pipeline=stream (or auto)")
+    if shape is None and not config.image_size:
+      raise UserError(f"the images of {config.dataset} differ in size: set --config.image_size "
+                      "to hold them in memory at one size, or --config.input_pipeline=stream")
+    if shape is None:  # Resized to image_size as they load; folders decode to RGB.
+      needed = num_examples * config.image_size**2 * 3
+    if needed > budget:
+      raise UserError(f"{config.dataset} needs {_gib(needed)} decoded in memory, more than "
+                      f"{_gib(budget)} ({budget_text}): set --config.input_pipeline=stream")
+    logging.info("input pipeline: memory (requested; %s decoded)", _gib(needed))
+    return "memory"
+  if requested == "stream":
+    logging.info("input pipeline: stream (requested)")
+    return "stream"
+  if config.train_crop == "random_resized":
+    reason = "train_crop='random_resized' crops on the host"
+  elif shape is None:
+    reason = "its images differ in size"
+  elif needed > budget:
+    reason = f"it needs {_gib(needed)} decoded, more than {_gib(budget)} ({budget_text})"
+  else:
+    logging.info("input pipeline: memory (%s decoded fits in %s, %s)", _gib(needed),
+                 _gib(budget), budget_text)
+    return "memory"
+  logging.info("input pipeline: stream (%s)", reason)
+  return "stream"
+
+
+def _tfds_size(config: ml_collections.ConfigDict) -> tuple[tuple[int, ...] | None, int]:
+  """The train split's image shape (None if it varies) and example count, from TFDS's metadata."""
+  cached = memory.cached_shape(config.dataset, config.train_split, config.data_dir)
+  if cached is not None:
+    return cached
+  memory.check_split_syntax(config.dataset, config.train_split)
+  builder = memory.prepare_tfds(config.dataset, config.data_dir, config.manual_dir)
+  shape = tuple(builder.info.features["image"].shape)
+  try:
+    num_examples = builder.info.splits[config.train_split].num_examples
+  except (KeyError, ValueError):
+    num_examples = 0  # Unknown (mock data): decided by shape alone.
+  return (None if None in shape else shape), int(num_examples)
+
+
+def open_training_data(config: ml_collections.ConfigDict) -> TrainingData:
+  """Loads the train and eval splits the way config.input_pipeline (or the auto rule) says."""
+  folder = sources.is_folder(config.dataset)
+  if folder:
+    train_source = sources.open_split(config.dataset, config.train_split)
+    eval_source = sources.open_split(config.dataset, config.eval_split)
+    if eval_source.class_names != train_source.class_names:
+      raise UserError(f"the class folders of {config.eval_split!r} ({len(eval_source.class_names)}) "
+                      f"differ from those of {config.train_split!r} "
+                      f"({len(train_source.class_names)}): give both splits the same classes")
+    shape, num_examples = train_source.image_shape(), len(train_source)
+  else:
+    shape, num_examples = _tfds_size(config)
+  mode = choose_pipeline(config, shape, num_examples)
+  if mode == "memory":
+    dataset = (_decode_folder(config, train_source, eval_source) if folder
+               else memory.load_dataset(config))
+    return TrainingData(facts=_facts("memory", dataset.num_classes, dataset.class_names,
+                                     dataset.mean, dataset.std, dataset.train.images.shape[1:],
+                                     len(dataset.train.labels)), arrays=dataset)
+  if not folder:
+    memory.prepare_tfds(config.dataset, config.data_dir, config.manual_dir)
+    train_source = sources.open_split(config.dataset, config.train_split, config.data_dir)
+    eval_source = sources.open_split(config.dataset, config.eval_split, config.data_dir)
+  size = stream_image_size(config, train_source.image_shape())
+  input_shape = (size, size, train_source.channels)
+  mean, std = (config.mean, config.std) if config.mean else _estimate_stats(train_source, size)
+  memory.check_normalisation(config, mean, std, train_source.channels)
+  return TrainingData(facts=_facts("stream", config.num_classes or train_source.num_classes,
+                                   train_source.class_names, mean, std, input_shape,
+                                   len(train_source)),
+                      train_source=train_source, eval_source=eval_source)
+
+
+def _facts(mode, num_classes, class_names, mean, std, input_shape, num_examples) -> dict:
+  return {"input_pipeline": mode, "num_classes": num_classes, "class_names": class_names,
+          "mean": mean, "std": std, "input_shape": input_shape,
+          "num_train_examples": num_examples}
+
+
+def stream_image_size(config: ml_collections.ConfigDict, shape: tuple[int, ...] | None) -> int:
+  """The side every streamed image is resized and cropped to."""
+  if config.image_size:
+    return config.image_size
+  if shape is not None and shape[0] == shape[1]:
+    return shape[0]
+  raise UserError(f"the images of {config.dataset} " + ("differ in size" if shape is None else
+                  f"are {shape[0]}x{shape[1]}, not square") + ": set --config.image_size to the "
+                  "side the model should see, e.g. 224")
+
+
+def _estimate_stats(source, size: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """Per-channel mean and std from a fixed random sample of the training images."""
+  count = min(len(source), STATS_SAMPLE)
+  indices = np.sort(np.random.default_rng(0).choice(len(source), count, replace=False))
+  images = np.stack([sources.resize_center_crop(source[int(i)]["image"], size) for i in indices])
+  logging.info("normalisation estimated from %d training images (set config.mean and "
+               "config.std to fix it)", count)
+  return memory.channel_stats(images)
+
+
+def _decode_split(source, size: int) -> memory.Split:
+  images = [source[i]["image"] for i in range(len(source))]
+  if size or len({image.shape for image in images}) > 1:
+    images = [sources.resize_center_crop(image, size) for image in images]
+  return memory.Split(np.stack(images), np.asarray(source.labels, np.int32))
+
+
+def _decode_folder(config, train_source, eval_source) -> memory.Dataset:
+  """Both splits of an image folder decoded into arrays (resized to image_size if it is set)."""
+  size = config.image_size
+  train = _decode_split(train_source, size)
+  eval_size = size or train.images.shape[1]
+  evaluation = _decode_split(eval_source, eval_size)
+  mean, std = ((tuple(config.mean), tuple(config.std)) if config.mean
+               else memory.channel_stats(train.images))
+  memory.check_normalisation(config, mean, std, train.images.shape[-1])
+  return memory.Dataset(config.dataset, train, evaluation,
+                                config.num_classes or train_source.num_classes,
+                                train_source.class_names, mean, std)
+
+
+def open_eval_split(config: ml_collections.ConfigDict) -> "memory.Split | Any":
+  """The eval split of a resolved config: arrays (memory runs) or a source (streamed runs)."""
+  if config.get("input_pipeline") == "stream":
+    if not sources.is_folder(config.dataset):
+      memory.prepare_tfds(config.dataset, config.data_dir, config.manual_dir)
+    return sources.open_split(config.dataset, config.eval_split, config.data_dir)
+  if sources.is_folder(config.dataset):
+    source = sources.open_split(config.dataset, config.eval_split)
+    return _decode_split(source, config.input_shape[0])
+  split, _ = memory.load_split(config.dataset, config.eval_split, config.data_dir,
+                                       config.manual_dir)
+  return split
+
+
+def class_names_of(config: ml_collections.ConfigDict, split: Any) -> list[str]:
+  """The class names of a dataset, for runs whose config does not hold them."""
+  if hasattr(split, "class_names"):
+    return list(split.class_names)
+  _, meta = memory.load_split(config.dataset, config.eval_split, config.data_dir,
+                                      config.manual_dir)
+  return list(meta["class_names"])
+
+
+# Per-step input ---------------------------------------------------------------
+
+
+def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """One global batch from this process's rows of it, split over the mesh's devices."""
+  batch_sharding = sharding.batch_sharded(mesh)
+  return {name: jax.make_array_from_process_local_data(batch_sharding, array)
+          for name, array in local.items()}
+
+
+class MemoryTrainInput:
+  """The whole training split on every device; the compiled step draws each batch from it."""
+
+  waits_on_host = False
+
+  def __init__(self, split: memory.Split, mesh: Mesh):
+    self.data = {"image": sharding.put_replicated(split.images, mesh),
+                 "label": sharding.put_replicated(split.labels, mesh)}
+
+  def start(self, step: int) -> None:
+    del step
+
+  def next(self) -> dict[str, jax.Array]:
+    return self.data
+
+  def close(self) -> None:
+    pass
+
+
+class StreamTrainInput:
+  """Batches decoded by a Grain pipeline on each host, from the resumed step on."""
+
+  waits_on_host = True
+
+  def __init__(self, config: ml_collections.ConfigDict, source, mesh: Mesh, num_steps: int):
+    self.config, self.source, self.mesh, self.num_steps = config, source, mesh, num_steps
+    self.stream = None
+
+  def start(self, step: int) -> None:
+    """Positions the stream at `step`: the data order is a function of seed and step alone."""
+    config = self.config
+    self.stream = streaming.TrainStream(
+        self.source, global_batch_size=config.batch_size, image_size=config.input_shape[0],
+        train_crop=config.train_crop, crop_scale=tuple(config.crop_scale), seed=config.seed,
+        start_step=step, num_steps=self.num_steps, workers=config.data_workers,
+        process_index=jax.process_index(), process_count=jax.process_count())
+
+  @property
+  def wait_seconds(self) -> float:
+    return self.stream.wait_seconds if self.stream is not None else 0.0
+
+  def next(self) -> dict[str, jax.Array]:
+    return global_batch(next(self.stream), self.mesh)
+
+  def close(self) -> None:
+    if self.stream is not None:
+      self.stream.close()
+
+
+def eval_crop_fraction(config: ml_collections.ConfigDict) -> float:
+  if config.eval_crop_fraction:
+    return config.eval_crop_fraction
+  return 0.875 if config.train_crop == "random_resized" else 1.0
+
+
+def stream_eval_batches(config: ml_collections.ConfigDict, source, mesh: Mesh
+                        ) -> Iterator[dict[str, jax.Array]]:
+  """The eval split as padded, masked global batches, the same count on every process."""
+  for local in streaming.eval_batches(
+      source, global_batch_size=config.eval_batch_size, image_size=config.input_shape[0],
+      crop_fraction=eval_crop_fraction(config), process_index=jax.process_index(),
+      process_count=jax.process_count(), workers=config.data_workers):
+    yield global_batch(local, mesh)

@@ -1,0 +1,256 @@
+"""Grain pipelines that stream a random-access source: one process's share of every global batch.
+
+Training order is a pure function of (seed, step): epoch e is the permutation
+`np.random.default_rng([seed, e])` of the whole split, the global batch at a
+step is the next slice of it, and process p takes rows [p*B/P, (p+1)*B/P) of
+that batch, the row layout `jax.make_array_from_process_local_data` expects
+on a 1-axis mesh over all devices. So the batches do not depend on the number
+of workers or processes, and a resumed run only needs its step (Grain's own
+iterator checkpoint depends on the worker count and is not used).
+
+Only the per-example decode and resize run here, in Grain worker processes;
+crops by padding, flips and normalisation run on the device.
+"""
+
+import gc
+import math
+import time
+from collections.abc import Iterator
+
+import grain
+import numpy as np
+
+from resnet_jax.errors import UserError
+from resnet_jax.data.sources import random_resized_crop, resize_center_crop
+
+TRAIN_CROPS = ("pad", "random_resized")
+
+
+def _read(source, index: int, max_side: int) -> dict:
+  """source[index], decoded reduced where the source supports it (see sources.load_image)."""
+  read = getattr(source, "read", None)
+  return read(index, max_side) if read is not None else source[index]
+
+
+def _check_workers(workers: int) -> None:
+  if workers < 0:
+    raise UserError(f"workers is {workers}: set --config.data_workers to 0 (in-process) or more")
+
+
+def _local_batch_size(global_batch_size: int, process_count: int) -> int:
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise UserError(f"batch size {global_batch_size} does not split evenly over {process_count} "
+                    f"processes: set --config.batch_size to a positive multiple of {process_count}")
+  return global_batch_size // process_count
+
+
+class _TrainExample(grain.transforms.Map):
+  """Row k of this process's stream to one augmented example; runs in Grain workers."""
+
+  def __init__(self, source, *, global_batch_size: int, local_batch_size: int,
+               process_index: int, image_size: int, train_crop: str,
+               crop_scale: tuple[float, float], seed: int):
+    self.source = source
+    self.num_examples = len(source)
+    self.global_batch_size, self.local_batch_size = global_batch_size, local_batch_size
+    self.steps_per_epoch = self.num_examples // global_batch_size
+    self.process_index, self.image_size = process_index, image_size
+    self.train_crop, self.crop_scale, self.seed = train_crop, tuple(crop_scale), seed
+    if train_crop == "pad":
+      self.max_side = image_size
+    else:  # Even the smallest crop (crop_scale[0] of the area) keeps full resolution.
+      self.max_side = math.ceil(image_size / math.sqrt(self.crop_scale[0]))
+    self._permutation = None  # (epoch, permutation), computed once per epoch per worker.
+
+  def __getstate__(self) -> dict:
+    return {**self.__dict__, "_permutation": None}
+
+  def _epoch_permutation(self, epoch: int) -> np.ndarray:
+    cached = self._permutation  # One read: threads may replace it concurrently.
+    if cached is None or cached[0] != epoch:
+      cached = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.num_examples))
+      self._permutation = cached
+    return cached[1]
+
+  def map(self, k: int) -> dict:
+    step, local_row = divmod(k, self.local_batch_size)
+    row = self.process_index * self.local_batch_size + local_row  # Row in the global batch.
+    epoch, position = divmod(step, self.steps_per_epoch)
+    index = int(self._epoch_permutation(epoch)[position * self.global_batch_size + row])
+    example = _read(self.source, index, self.max_side)
+    if self.train_crop == "pad":
+      image = resize_center_crop(example["image"], self.image_size)
+    else:
+      rng = np.random.default_rng([self.seed, step, row])
+      image = random_resized_crop(example["image"], self.image_size, rng, scale=self.crop_scale)
+    return {"image": image, "label": np.int32(example["label"])}
+
+
+class _EvalExample(grain.transforms.Map):
+  """Row k of this process's eval stream to one example with its mask (zeros past the end)."""
+
+  def __init__(self, source, *, global_batch_size: int, local_batch_size: int,
+               process_index: int, image_size: int, crop_fraction: float, channels: int):
+    self.source, self.num_examples = source, len(source)
+    self.global_batch_size, self.local_batch_size = global_batch_size, local_batch_size
+    self.process_index, self.image_size = process_index, image_size
+    self.crop_fraction, self.channels = crop_fraction, channels
+
+  def map(self, k: int) -> dict:
+    batch, local_row = divmod(k, self.local_batch_size)
+    index = (batch * self.global_batch_size + self.process_index * self.local_batch_size
+             + local_row)
+    if index >= self.num_examples:
+      return {"image": np.zeros((self.image_size, self.image_size, self.channels), np.uint8),
+              "label": np.int32(0), "mask": np.float32(0)}
+    example = _read(self.source, index, round(self.image_size / self.crop_fraction))
+    image = resize_center_crop(example["image"], self.image_size, self.crop_fraction)
+    return {"image": image, "label": np.int32(example["label"]), "mask": np.float32(1)}
+
+
+def _owned(batch: dict) -> dict:
+  """Plain arrays copied out of Grain's shared memory, which is freed when its array dies.
+
+  A batch kept longer (logged, or held at exit) would otherwise pin a shared
+  memory block and leave "leaked shared_memory" warnings; the copy costs
+  little next to decoding.
+  """
+  return {k: np.array(v) if type(v) is not np.ndarray else v for k, v in batch.items()}
+
+
+def _collect() -> None:
+  # Grain's closed iterators keep their last shared-memory batches in reference
+  # cycles; collecting now unlinks them, rather than leaving "leaked
+  # shared_memory" warnings at exit.
+  gc.collect()
+
+
+def _iterate(dataset: grain.MapDataset, workers: int, prefetch: int) -> grain.DatasetIterator:
+  """Iterates over batches, in `workers` processes (0: threads of this process), in order."""
+  prefetch = max(1, prefetch)
+  if workers == 0:
+    # Threads compute whole batches; Pillow's decode and resize release the GIL.
+    return iter(dataset.to_iter_dataset(
+        grain.ReadOptions(num_threads=prefetch, prefetch_buffer_size=prefetch)))
+  # Each worker makes whole batches (i, i + workers, ...), and Grain interleaves
+  # them back in order, so the output is the same for any worker count. The
+  # buffers bound memory to about workers * (prefetch + 1) batches.
+  return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+              .mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                        per_worker_buffer_size=prefetch)))
+
+
+class TrainStream:
+  """This process's rows of the training batches for steps start_step..num_steps-1, uint8.
+
+  `wait_seconds` is the total time `next` blocked, starting the workers included.
+  """
+
+  def __init__(self, source, *, global_batch_size: int, image_size: int, train_crop: str,
+               crop_scale: tuple[float, float], seed: int, start_step: int, num_steps: int,
+               workers: int, process_index: int = 0, process_count: int = 1, prefetch: int = 2):
+    if train_crop not in TRAIN_CROPS:
+      raise UserError(f"train_crop {train_crop!r} is not known: set --config.train_crop to one "
+                      f"of {', '.join(TRAIN_CROPS)}")
+    if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+      raise UserError(f"crop_scale {tuple(crop_scale)} is not a range inside (0, 1]: set "
+                      "--config.crop_scale to (low, high) with 0 < low <= high <= 1, "
+                      "e.g. (0.08, 1.0)")
+    _check_workers(workers)
+    self.local_batch_size = _local_batch_size(global_batch_size, process_count)
+    self.steps_per_epoch = len(source) // global_batch_size
+    if self.steps_per_epoch == 0:
+      raise UserError(f"the training split has {len(source)} examples, fewer than one batch of "
+                      f"{global_batch_size}: lower --config.batch_size or add examples")
+    transform = _TrainExample(
+        source, global_batch_size=global_batch_size, local_batch_size=self.local_batch_size,
+        process_index=process_index, image_size=image_size, train_crop=train_crop,
+        crop_scale=crop_scale, seed=seed)
+    rows = grain.MapDataset.range(start_step * self.local_batch_size,
+                                  max(start_step, num_steps) * self.local_batch_size)
+    self._dataset = rows.map(transform).batch(self.local_batch_size, drop_remainder=True)
+    self._workers, self._prefetch = workers, prefetch
+    self._iterator = None
+    self._closed = False
+    self.step = start_step  # The step of the next batch.
+    self.wait_seconds = 0.0
+
+  def __iter__(self) -> "TrainStream":
+    return self
+
+  def __next__(self) -> dict:
+    if self._closed:
+      raise StopIteration
+    start = time.perf_counter()
+    try:
+      if self._iterator is None:
+        self._iterator = _iterate(self._dataset, self._workers, self._prefetch)
+      batch = _owned(next(self._iterator))
+    except StopIteration:
+      raise
+    except Exception:
+      self.close()  # Stop the other workers now, not at exit.
+      raise
+    finally:
+      self.wait_seconds += time.perf_counter() - start
+    self.step += 1
+    return batch
+
+  def close(self) -> None:
+    """Stops the workers and frees their shared memory; idempotent."""
+    self._closed = True
+    if self._iterator is not None:
+      self._iterator.close()
+      self._iterator = None
+      _collect()
+
+  def __enter__(self) -> "TrainStream":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
+
+def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
+  """Global eval batches that hold every example once, the last one padded."""
+  return -(-num_examples // global_batch_size)
+
+
+def _channels(source) -> int:
+  channels = getattr(source, "channels", None)
+  return int(channels) if channels else int(np.asarray(source[0]["image"]).shape[-1])
+
+
+def eval_batches(source, *, global_batch_size: int, image_size: int, crop_fraction: float,
+                 process_index: int = 0, process_count: int = 1, workers: int = 0,
+                 prefetch: int = 2) -> Iterator[dict]:
+  """This process's rows of every eval batch: image, label and mask (0 on padding rows).
+
+  Every process yields num_eval_batches(len(source), global_batch_size)
+  batches, so collective steps stay in lockstep; over all processes each
+  example appears exactly once with mask 1.
+  """
+  local_batch_size = _local_batch_size(global_batch_size, process_count)
+  _check_workers(workers)
+  if not 0 < crop_fraction <= 1:
+    raise UserError(f"crop_fraction {crop_fraction} is not in (0, 1]: set "
+                    "--config.eval_crop_fraction to e.g. 0.875 (or 1.0 for no crop)")
+  num_batches = num_eval_batches(len(source), global_batch_size)
+  transform = _EvalExample(
+      source, global_batch_size=global_batch_size, local_batch_size=local_batch_size,
+      process_index=process_index, image_size=image_size, crop_fraction=crop_fraction,
+      channels=_channels(source))
+  dataset = (grain.MapDataset.range(num_batches * local_batch_size).map(transform)
+             .batch(local_batch_size))
+  return _owned_batches(dataset, workers, prefetch)  # Errors above raise now, not at first next.
+
+
+def _owned_batches(dataset: grain.MapDataset, workers: int, prefetch: int) -> Iterator[dict]:
+  iterator = _iterate(dataset, workers, prefetch)
+  try:
+    for batch in iterator:
+      yield _owned(batch)
+  finally:
+    iterator.close()
+    del iterator
+    _collect()

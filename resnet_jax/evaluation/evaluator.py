@@ -1,0 +1,168 @@
+"""Exact evaluation: one evaluator for the training loop and `--mode=eval`.
+
+Every example of the eval split counts once: the split is padded to whole
+batches with a mask, correct predictions and losses are summed on device,
+and the host divides once.
+"""
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+from absl import logging
+from jax.sharding import Mesh
+
+from resnet_jax.checkpoints import checkpointing, restore, workdir as workdirs
+from resnet_jax.config import configuration
+from resnet_jax.data import pipeline, memory
+from resnet_jax.models import ema
+from resnet_jax.errors import UserError
+from resnet_jax.models import build
+from resnet_jax.evaluation import eval_steps
+from resnet_jax import sharding
+
+# Fields an eval run may take from the command line; the rest come from the run.
+DATA_FIELDS = ("data_dir", "manual_dir", "eval_split", "eval_batch_size", "eval_tta")
+
+
+class Evaluator:
+  """Evaluates any state of the model the config describes: `run(state)` -> metrics.
+
+  In memory the eval split is padded, placed on every device and its whole
+  pass compiled into one program, once; streamed, padded batches come from
+  the host pipeline and one compiled program adds up each batch's sums.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, split: Any):
+    self.config, self.mesh = config, mesh
+    self.data, self.source = None, None  # The split on device (memory), or its source (stream).
+    if isinstance(split, memory.Split):
+      images, labels, mask = memory.pad_for_eval(split, config.eval_batch_size)
+      self.data = {name: sharding.put_replicated(array, mesh)
+                   for name, array in (("image", images), ("label", labels), ("mask", mask))}
+      self._evaluate = eval_steps.compile_evaluate(config, mesh)
+    else:
+      self.source = split
+      self._accumulate = eval_steps.compile_eval_batch(config, mesh)
+
+  def run(self, state: build.TrainState) -> dict[str, Any]:
+    """Metrics of the state's EMA weights where it keeps them, else of its raw weights.
+
+    `eval_weights` ("ema" or "raw") and `eval_tta` say what was measured.
+    """
+    state, weights = ema.for_eval(state)
+    described = {"eval_weights": weights, "eval_tta": self.config.eval_tta}
+    if self.data is not None:
+      return {**summarize(jax.device_get(self._evaluate(state, self.data))), **described}
+    totals = jax.device_put(eval_steps.zero_eval_totals(self.config.num_classes),
+                            sharding.replicated(self.mesh))
+    for batch in pipeline.stream_eval_batches(self.config, self.source, self.mesh):
+      totals = self._accumulate(state, batch, totals)
+    return {**summarize(jax.device_get(totals)), **described}
+
+
+def summarize(totals: Mapping[str, Any]) -> dict[str, Any]:
+  """Host-side: fractions from the summed eval metrics."""
+  import numpy as np
+  count = float(totals["count"])
+  confusion = np.asarray(totals["confusion"])
+  per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
+  result = {"eval_loss": float(totals["loss_sum"]) / count,
+            "eval_accuracy": float(totals["correct"]) / count, "eval_count": int(count),
+            "per_class_accuracy": per_class.tolist(),
+            "confusion_matrix": confusion.astype(int).tolist()}
+  if "correct_top5" in totals:
+    result["eval_top5_accuracy"] = float(totals["correct_top5"]) / count
+  return result
+
+
+def eval_config(workdir: str, checkpoint_config: Mapping[str, Any],
+                requested: ml_collections.ConfigDict | None) -> ml_collections.ConfigDict:
+  """The run's config (config.json, else the checkpoint's own), with data fields from the command line.
+
+  Normalisation, classes and image shape always come from the run: the
+  weights were trained with them.
+  """
+  saved = configuration.read_saved(workdir) or dict(checkpoint_config)
+  if not saved:
+    raise UserError(f"{workdir} has no config.json and its checkpoint holds no config: pass "
+                    "the workdir of a run written by resnet_jax")
+  converted = saved.get("dataset") == "converted"  # Weights from resnet_jax.interop.convert.
+  if requested is not None and not converted:
+    configuration.check_same_architecture(saved, requested, workdir)
+  config = configuration.from_json(saved)
+  if requested is not None:
+    for field in DATA_FIELDS + (("dataset",) if converted else ()):
+      if requested[field]:
+        config[field] = requested[field]
+  if config.eval_tta not in configuration.TTA_MODES:
+    raise UserError(f"unknown eval_tta {config.eval_tta!r}: use "
+                    f"{', '.join(map(repr, configuration.TTA_MODES))}")
+  if converted and requested is None:
+    raise UserError(f"{workdir} holds converted weights without a dataset: pass "
+                    "--config=configs/<name>.py (or --config.dataset) naming the data to evaluate on")
+  return config
+
+
+def evaluate_workdir(workdir: str, requested: ml_collections.ConfigDict | None = None) -> dict:
+  """Restores the best checkpoint (latest where none is marked), evaluates, writes eval.json."""
+  workdir = os.path.abspath(workdir)
+  directory = checkpointing.checkpoint_dir(workdir)
+  if os.path.isfile(workdir):
+    raise UserError(f"--workdir={workdir} is a file, not a folder: pass the workdir of a "
+                    "training run")
+  if not os.path.isdir(directory):
+    raise UserError(f"{workdir} has no checkpoints: train first (same command without "
+                    "--mode=eval), or pass the workdir of a trained run")
+  restored = restore.load_variables(workdir, action="evaluating")
+  config = eval_config(workdir, restored.config, requested)
+  split = pipeline.open_eval_split(config)
+  if isinstance(split, memory.Split):
+    class_names, input_shape = config.get("class_names"), split.images.shape[1:]
+  else:
+    class_names, input_shape = split.class_names, config.input_shape
+  if not config.get("mean"):  # Saved by an older trainer: the split's own statistics.
+    logging.warning("%s saved no normalisation: using the eval split's own", workdir)
+  mean, std = ((config.mean, config.std) if config.get("mean")
+               else memory.channel_stats(split.images))
+  class_names = class_names or pipeline.class_names_of(config, split)
+  config = configuration.resolve(config, {
+      "num_classes": config.num_classes or len(class_names), "class_names": class_names,
+      "mean": mean, "std": std, "input_shape": input_shape,
+      "num_train_examples": config.get("num_train_examples", 0)})
+  mesh = sharding.create_mesh()
+  model = build.create_model(config)
+  place = lambda tree: jax.device_put(tree, sharding.replicated(mesh))
+  state = build.TrainState.create(apply_fn=model.apply, tx=optax.identity(),
+                                  params=place(restored.variables["params"]),
+                                  batch_stats=place(restored.variables["batch_stats"]),
+                                  ema=place(restored.variables.get("ema")))
+  metrics = Evaluator(config, mesh, split).run(state)
+  result = {"step": restored.step, "checkpoint": os.path.join(directory, str(restored.step)),
+            "eval_split": config.eval_split, **metrics, "class_names": list(config.class_names)}
+  if jax.process_index() == 0:
+    workdirs.write_json(os.path.join(workdir, "eval.json"), result)
+    print(format_eval(result))
+  return result
+
+
+def describe_weights(metrics: Mapping[str, Any]) -> str:
+  """The note after an accuracy, such as " (EMA weights, flip TTA)"; "" for raw weights alone."""
+  parts = ["EMA weights"] if metrics.get("eval_weights") == "ema" else []
+  if metrics.get("eval_tta", "none") != "none":
+    parts.append(f"{metrics['eval_tta']} TTA")
+  return f" ({', '.join(parts)})" if parts else ""
+
+
+def format_eval(result: dict) -> str:
+  names = result["class_names"] or [str(i) for i in range(len(result["per_class_accuracy"]))]
+  lines = [f"checkpoint {result['checkpoint']} (step {result['step']}) on {result['eval_split']}: "
+           f"accuracy {100 * result['eval_accuracy']:.2f}% over {result['eval_count']} examples, "
+           f"loss {result['eval_loss']:.4f}{describe_weights(result)}"]
+  width = max(len(n) for n in names)
+  lines += [f"  {name:<{width}}  {100 * acc:6.2f}%"
+            for name, acc in zip(names, result["per_class_accuracy"])]
+  return "\n".join(lines)

@@ -1,0 +1,59 @@
+"""A model from a resolved config, the state that training and evaluation carry, and the loss.
+
+`TrainState` is Flax's with BatchNorm statistics and an optional weight EMA;
+its serialisation leaves the EMA out when there is none, so checkpoints of
+runs without EMA keep the layout they always had.
+"""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import serialization
+from flax.training import train_state
+
+from resnet_jax.models import ema as ema_lib, resnet
+
+
+class TrainState(train_state.TrainState):
+  """Flax's TrainState with BatchNorm statistics and, when config.ema_decay > 0, a weight EMA."""
+  batch_stats: Any
+  ema: Any = None  # {"params", "batch_stats"}; see resnet_jax/ema.py.
+  # From config.freeze_backbone; static (part of the compiled program), not saved.
+  frozen_backbone: bool = flax.struct.field(pytree_node=False, default=False)
+
+
+# Saved without `ema` when there is none, so that checkpoints of runs without EMA
+# keep the layout they had before it existed, and either resumes the other.
+serialization.register_serialization_state(TrainState, ema_lib.state_to_dict,
+                                           ema_lib.state_from_dict, override=True)
+
+
+def compute_dtype(config: ml_collections.ConfigDict):
+  return jnp.bfloat16 if config.half_precision else jnp.float32
+
+
+def model_input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  """(H, W, C) the model sees: the dataset's images, resized when image_size is set."""
+  height, width, channels = config.input_shape
+  size = config.image_size
+  return (size or height, size or width, channels)
+
+
+def create_model(config: ml_collections.ConfigDict) -> resnet.ResNet:
+  return resnet.create_model(config.model, config.num_classes, stem=config.stem, width=config.width,
+                             dtype=compute_dtype(config),
+                             zero_init_residual=config.zero_init_residual,
+                             dropout_rate=config.dropout_rate)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
+                  label_smoothing: float) -> jax.Array:
+  return optax.softmax_cross_entropy(logits, smoothed_targets(labels, num_classes, label_smoothing))
+
+
+def smoothed_targets(labels: jax.Array, num_classes: int, label_smoothing: float) -> jax.Array:
+  return optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)

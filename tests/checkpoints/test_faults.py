@@ -1,0 +1,629 @@
+"""Faults during a run of the real command: signals, kills, damage, NaN, full disk.
+
+Each test checks what the user is told and that the workdir holds only
+checkpoints that read back whole, from which the next run resumes. The last
+test checks that runs are deterministic on CPU. The runs read mock CIFAR-10
+from a data dir that already holds it decoded, as a second run on real data
+would: the command itself runs, with no TFDS mock in between.
+"""
+
+import contextlib
+import glob
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from resnet_jax.checkpoints import checkpointing, restore
+from resnet_jax.train import trainer
+from tests.conftest import REPO, damage_checkpoint, tiny_config, tiny_flags, write_mock_cifar10
+
+MOCK_EXAMPLES = 48  # Per split: 3 steps per epoch at batch 16.
+# A schedule that does not depend on the run's length: every run here compiles
+# the same train step, which the session's compilation cache then holds.
+CONSTANT_LR = {"lr_schedule": "constant", "warmup_epochs": 0.0}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  path = tmp_path_factory.mktemp("data")
+  write_mock_cifar10(str(path), MOCK_EXAMPLES)
+  return path
+
+
+def flags(workdir, data_dir, quiet=True, **overrides) -> list[str]:
+  args = tiny_flags(workdir, data_dir, **{**CONSTANT_LR, **overrides})
+  return args if quiet else [a for a in args if a != "--quiet"]
+
+
+def run(args, check=None, prefix=("-m", "resnet_jax.main")) -> subprocess.CompletedProcess:
+  """Runs the real command; with check, asserts its exit code."""
+  result = subprocess.run([sys.executable, *prefix, *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+  if check is not None:
+    assert result.returncode == check, f"exit {result.returncode}\n{result.stderr[-5000:]}"
+  return result
+
+
+def start(args, log_path) -> subprocess.Popen:
+  """The real command in the background, its output going to log_path."""
+  with open(log_path, "w") as log:
+    return subprocess.Popen([sys.executable, "-m", "resnet_jax.main", *map(str, args)], cwd=REPO,
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+def start_slow(args, log_path, **slow_spots) -> subprocess.Popen:
+  """The real command with slow spots to signal it in (tests/slow_main.py: SLOW_SAVE_S=...)."""
+  env = {**os.environ, **{name: str(value) for name, value in slow_spots.items()}}
+  with open(log_path, "w") as log:
+    return subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "slow_main.py"),
+                             *map(str, args)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                            env=env)
+
+
+def wait_for(log_path, text: str, process: subprocess.Popen, timeout: float = 300) -> None:
+  """Waits until the running process has written text to log_path."""
+  deadline = time.time() + timeout
+  while text not in log_path.read_text():
+    assert process.poll() is None and time.time() < deadline, log_path.read_text()[-3000:]
+    time.sleep(0.02)
+
+
+def assert_same_state(a, b) -> None:
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def train_records(workdir) -> list[dict]:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip() and "train_loss" in line]
+
+
+@contextlib.contextmanager
+def checkpoints(workdir):
+  """The workdir's checkpoints, read-only."""
+  manager = checkpointing.Checkpointer(checkpointing.checkpoint_dir(str(workdir)), read_only=True)
+  try:
+    yield manager
+  finally:
+    manager.close()
+
+
+def restored(workdir, step=None) -> dict:
+  """The state saved at step (default: the latest), on the host."""
+  with checkpoints(workdir) as manager:
+    return jax.device_get(manager.restore(manager.latest_step() if step is None else step))
+
+
+def unfinished_saves(workdir) -> list[str]:
+  return glob.glob(os.path.join(checkpointing.checkpoint_dir(str(workdir)), "*.orbax-checkpoint-tmp*"))
+
+
+def assert_all_restore(workdir) -> list[int]:
+  """Every checkpoint in workdir reads back, matches its checksums and is finite; returns the steps."""
+  with checkpoints(workdir) as manager:
+    steps = manager.steps()
+  for step in steps:
+    for leaf in jax.tree.leaves(restored(workdir, step)):
+      assert np.all(np.isfinite(leaf)), f"checkpoint {step} holds NaN or Inf"
+  return steps
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data):
+  """Two epochs of resnet_tiny on mock data: checkpoints 3 and 6, only 6 evaluated (the best)."""
+  base = tmp_path_factory.mktemp("trained")
+  run(flags(base / "run", data, num_epochs=2.0, eval_every_epochs=2.0), check=0)
+  assert assert_all_restore(base / "run") == [3, 6]
+  return base / "run"
+
+
+def copy_of(trained, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(trained, workdir)
+  return workdir
+
+
+# Signals ---------------------------------------------------------------------
+
+
+def stop_when_training(workdir, args, log, sig, after_step=0) -> str:
+  """Starts the command, sends sig once it has logged a step past after_step; returns its output."""
+  process = start(args, log)
+  deadline = time.time() + 300
+  while (not any(r["step"] > after_step for r in train_records(workdir))
+         and process.poll() is None and time.time() < deadline):
+    time.sleep(0.05)
+  assert process.poll() is None, log.read_text()[-3000:]
+  process.send_signal(sig)
+  code = process.wait(timeout=120)
+  output = log.read_text()
+  assert code == {signal.SIGTERM: 143, signal.SIGINT: 130}[sig], output[-3000:]
+  assert "Traceback" not in output, output[-3000:]
+  return output
+
+
+def test_sigterm_and_sigint_save_the_current_step_and_rerun_resumes(tmp_path, data):
+  workdir = tmp_path / "run"
+  directory = checkpointing.checkpoint_dir(str(workdir))
+  # No scheduled save or eval: a checkpoint can only come from the signal.
+  args = flags(workdir, data, quiet=False, num_train_steps=1000, log_every_steps=1,
+               checkpoint_every_epochs=1000.0, eval_every_epochs=1000.0)
+  saved = []
+  for sig in (signal.SIGTERM, signal.SIGINT):  # The second run resumes what the first saved.
+    output = stop_when_training(workdir, args, tmp_path / f"{sig.name}.txt", sig,
+                                after_step=saved[-1] if saved else 0)
+    found = re.search(rf"stopped by {sig.name} at step (\d+); checkpoint saved in (\S+): rerun "
+                      "the same command to resume", output)
+    assert found, output[-3000:]
+    step = int(found.group(1))
+    assert found.group(2) == os.path.join(directory, str(step)) and 0 < step < 1000
+    if saved:
+      assert f"resumed from {directory} at step {saved[-1]}" in output
+      assert step > saved[-1]
+    saved.append(step)
+    assert assert_all_restore(workdir) == saved and not unfinished_saves(workdir)
+
+
+def test_repeated_sigterm_during_a_save_finishes_it_and_rerun_equals_an_uninterrupted_run(
+    trained, tmp_path, data):
+  workdir, log = tmp_path / "run", tmp_path / "log.txt"
+  args = flags(workdir, data, quiet=False, num_epochs=2.0, eval_every_epochs=2.0)  # As `trained`.
+  # Each save takes 3 s more in Orbax's background thread, before its rename into place.
+  process = start_slow(args, log, SLOW_SAVE_S=3)
+  wait_for(log, "slow save of step 3", process)
+  assert unfinished_saves(workdir)  # Signalled while the save is under way, twice (as SLURM can).
+  process.send_signal(signal.SIGTERM)
+  time.sleep(0.3)
+  process.send_signal(signal.SIGTERM)
+  code = process.wait(timeout=120)
+  output = log.read_text()
+  assert code == 143 and "Traceback" not in output, output[-3000:]
+  assert "SIGTERM received again: ignored, the run is already stopping" in output
+  directory = checkpointing.checkpoint_dir(str(workdir))
+  found = re.search(rf"stopped by SIGTERM at step (\d+); checkpoint saved in {directory}/(\d+): "
+                    "rerun the same command to resume\n", output)
+  assert found and found.group(1) == found.group(2), output[-3000:]
+  step = int(found.group(1))
+  # The save under way was finished, and the stop's own one too.
+  assert not unfinished_saves(workdir)
+  assert assert_all_restore(workdir) == sorted({3, step})
+  assert not (workdir / "run.lock").exists()
+
+  result = run(args, check=0)
+  assert f"resumed from {directory} at step {step}" in result.stderr
+  assert_same_state(restored(trained, 6), restored(workdir, 6))
+
+
+def test_ctrl_c_three_times_aborts_a_save_and_keeps_the_last_complete_checkpoint(
+    trained, tmp_path, data):
+  workdir, log = tmp_path / "run", tmp_path / "log.txt"
+  args = flags(workdir, data, quiet=False, num_epochs=2.0, eval_every_epochs=2.0)  # As `trained`.
+  process = start_slow(args, log, SLOW_SAVE_S=60, SLOW_SAVE_FROM_STEP=6)  # The last save hangs.
+  wait_for(log, "slow save of step 6", process)
+  started = time.time()
+  for _ in range(3):
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+  code = process.wait(timeout=120)
+  output = log.read_text()
+  assert code == 130 and "Traceback" not in output, output[-3000:]
+  assert time.time() - started < 30  # Not waiting for the 60 s save.
+  assert "press Ctrl-C 1 more time to abort without saving" in output
+  directory = checkpointing.checkpoint_dir(str(workdir))
+  assert output.rstrip().split("\n")[-1] == (
+      f"error: interrupted without saving; the last complete checkpoint, {directory}/3, is "
+      "intact: rerun the same command to resume")
+  assert unfinished_saves(workdir) and assert_all_restore(workdir) == [3]
+  assert not (workdir / "run.lock").exists()
+
+  result = run(args, check=0)  # Deletes the unfinished save, resumes from step 3.
+  assert f"resumed from {directory} at step 3" in result.stderr
+  assert not unfinished_saves(workdir) and assert_all_restore(workdir) == [3, 6]
+  assert_same_state(restored(trained, 6), restored(workdir, 6))
+
+
+def test_ctrl_c_while_setting_up_or_compiling_the_first_step_is_a_clean_stop(
+    trained, tmp_path, data):
+  workdir = tmp_path / "run"
+  args = flags(workdir, data, quiet=False, num_epochs=2.0, eval_every_epochs=2.0)  # As `trained`.
+  outputs = {}
+  # While compiling the initialiser and the train step's wrapper, then the train step.
+  for spot, variable in (("set-up", "SLOW_SETUP_S"), ("first step", "SLOW_FIRST_STEP_S")):
+    log = tmp_path / f"{spot}.txt"
+    process = start_slow(args, log, **{variable: 2})
+    wait_for(log, f"slow {spot}", process)
+    process.send_signal(signal.SIGINT)
+    code = process.wait(timeout=120)
+    outputs[spot] = output = log.read_text()
+    assert code == 130 and "Traceback" not in output, output[-3000:]
+    assert "error:" not in output, output[-3000:]
+    if spot == "set-up":
+      assert ("stopped by SIGINT during set-up, before training: nothing was written: rerun the "
+              "same command to start (or resume)") in output
+      assert not workdir.exists()
+  directory = checkpointing.checkpoint_dir(str(workdir))
+  assert (f"stopped by SIGINT at step 1; checkpoint saved in {directory}/1: rerun the same "
+          "command to resume") in outputs["first step"]
+  assert assert_all_restore(workdir) == [1]
+
+  result = run(args, check=0)
+  assert f"resumed from {directory} at step 1" in result.stderr
+  assert_same_state(restored(trained, 6), restored(workdir, 6))
+
+
+# SIGKILL -----------------------------------------------------------------------
+
+
+def test_sigkill_mid_save_leaves_complete_checkpoints_and_rerun_resumes_keeping_few(
+    trained, tmp_path, data):
+  workdir, log = copy_of(trained, tmp_path), tmp_path / "log.txt"
+  # A save at every step (0.34 epoch = 1 step), so that the kill can land inside one.
+  args = flags(workdir, data, num_epochs=4.0, eval_every_epochs=2.0,
+               checkpoint_every_epochs=0.34, log_every_steps=1)
+  process = start(args, log)
+  deadline = time.time() + 300
+  while process.poll() is None and time.time() < deadline:
+    if unfinished_saves(workdir):
+      process.kill()
+      break
+    time.sleep(0.002)
+  process.wait(timeout=60)
+  assert process.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+
+  steps = assert_all_restore(workdir)  # Whatever the kill interrupted, these read back whole.
+  latest = steps[-1]
+  assert latest >= 6
+  directory = checkpointing.checkpoint_dir(str(workdir))
+  if not unfinished_saves(workdir):  # The kill fell between saves: leave what a killed save leaves.
+    half = os.path.join(directory, f"{latest + 1}.orbax-checkpoint-tmp")
+    shutil.copytree(os.path.join(directory, str(latest)), half)
+    damage_checkpoint(half, "truncated")
+
+  # The rerun keeps one latest checkpoint besides the best (by eval accuracy, now every epoch).
+  result = run(flags(workdir, data, quiet=False, num_epochs=4.0, eval_every_epochs=1.0,
+                     checkpoint_every_epochs=0.34, log_every_steps=1, keep_checkpoints=1), check=0)
+  assert f"resumed from {directory} at step {latest}" in result.stderr
+  assert not unfinished_saves(workdir)
+  evals = {r["step"]: r["eval_accuracy"] for r in map(json.loads, (
+      workdir / "metrics.jsonl").read_text().splitlines()) if "eval_accuracy" in r}
+  best_steps = {step for step, accuracy in evals.items() if accuracy == max(evals.values())}
+  steps = assert_all_restore(workdir)
+  assert 12 in steps and len(steps) <= 2 and set(steps) - {12} <= best_steps, (steps, evals)
+  assert sorted(os.listdir(workdir / "checkpoints")) == sorted(map(str, steps))
+
+
+# Two runs, and readers, on one workdir -------------------------------------------
+
+
+def test_second_run_on_a_workdir_refuses_and_a_dead_runs_lock_is_taken_over(tmp_path, data):
+  workdir = tmp_path / "run"
+  args = flags(workdir, data, quiet=False, num_train_steps=1000, log_every_steps=1,
+               eval_every_epochs=1000.0)
+  first = start(args, tmp_path / "first.txt")
+  deadline = time.time() + 300
+  while not any(r["step"] > 3 for r in train_records(workdir)) and time.time() < deadline:
+    assert first.poll() is None, (tmp_path / "first.txt").read_text()[-3000:]
+    time.sleep(0.05)
+
+  second = run(args)  # The same job, submitted twice.
+  holder = json.loads((workdir / "run.lock").read_text())
+  assert holder["pid"] == first.pid and holder["host"] == socket.gethostname()
+  lock = workdir / "run.lock"
+  assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr[-3000:]
+  assert second.stderr.strip().split("\n")[-1] == (
+      f"error: workdir {workdir} is in use by another run (pid {first.pid} on host "
+      f"{holder['host']}, since {holder['started']}): wait for it to end or stop it, or pass "
+      f"another --workdir; if that run is no longer running (its node crashed), delete {lock} "
+      "and rerun")
+
+  first.kill()  # Dies holding the lock, as on a node that crashed.
+  first.wait(timeout=60)
+  assert json.loads(lock.read_text()) == holder
+  lines = (workdir / "metrics.jsonl").read_text().split("\n")[:-1]  # Less a torn last line.
+  steps = [json.loads(line)["step"] for line in lines if "train_loss" in line]
+  assert steps == list(range(1, len(steps) + 1))  # Each step logged once, by the first run alone.
+  # Killed at any moment, possibly mid-save: the resume starts from the newest intact step.
+  with checkpoints(workdir) as manager:
+    latest = manager.restore_newest_intact()[0]
+  result = run(flags(workdir, data, quiet=False, num_train_steps=latest + 1, log_every_steps=1,
+                     eval_every_epochs=1000.0), check=0)
+  assert (f"took over the lock {lock} of a run that is no longer running (pid {first.pid} on "
+          f"host {holder['host']}, since {holder['started']})") in result.stderr
+  directory = checkpointing.checkpoint_dir(str(workdir))
+  assert f"resumed from {directory} at step {latest}" in result.stderr
+  assert not lock.exists()
+
+
+def test_eval_and_reads_while_training_prunes_never_report_damage(tmp_path, data, caplog):
+  workdir = tmp_path / "run"
+  # A save after every step, one kept and no eval: the newest checkpoint, which a reader
+  # picks, is deleted one step later.
+  args = flags(workdir, data, num_train_steps=100000, checkpoint_every_epochs=0.34,
+               keep_checkpoints=1, eval_every_epochs=100000.0)
+  training = start(args, tmp_path / "train.txt")
+  try:
+    directory, deadline = checkpointing.checkpoint_dir(str(workdir)), time.time() + 300
+    while not os.path.isdir(directory) or not any(n.isdigit() for n in os.listdir(directory)):
+      assert training.poll() is None and time.time() < deadline
+      time.sleep(0.05)
+    evaluation = subprocess.Popen(
+        [sys.executable, "-m", "resnet_jax.main", f"--workdir={workdir}", "--mode=eval",
+         "--quiet"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Meanwhile what --mode=eval and predict read, in this process, as often as it can.
+    caplog.set_level("INFO")
+    steps, deadline = [], time.time() + 6
+    while time.time() < deadline or len(steps) < 3:
+      steps.append(restore.load_variables(str(workdir)).step)
+    stdout, stderr = evaluation.communicate(timeout=300)
+    assert training.poll() is None, (tmp_path / "train.txt").read_text()[-3000:]
+  finally:
+    training.send_signal(signal.SIGTERM)
+    training.wait(timeout=120)
+  assert steps == sorted(steps) and steps[-1] > steps[0]
+  messages = [r.getMessage() for r in caplog.records]
+  assert not [m for m in messages if "damaged" in m], messages
+  assert evaluation.returncode == 0, stderr[-3000:]
+  assert "damaged" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+  assert re.match(rf"checkpoint {directory}/\d+ \(step \d+\) on test: accuracy", stdout), stdout
+
+
+# Torn and missing files -----------------------------------------------------------
+
+
+def test_torn_metrics_line_is_repaired_and_the_summary_agrees_with_the_checkpoints(
+    trained, tmp_path, data):
+  workdir = copy_of(trained, tmp_path)
+  metrics = workdir / "metrics.jsonl"
+  torn = '{"step": 7, "epoch": 2.3333, "train_lo'  # A run killed while writing step 7.
+  with open(metrics, "a") as f:
+    f.write(torn)
+  result = run(flags(workdir, data, quiet=False, num_epochs=3.0, eval_every_epochs=1.0,
+                     log_every_steps=1), check=0)
+  assert (f"{metrics} ended in a torn line (a run killed while writing it): removed it"
+          in result.stderr)
+  records = [json.loads(line) for line in metrics.read_text().splitlines()]  # Every line whole.
+  assert [r["step"] for r in records if "train_loss" in r][-3:] == [7, 8, 9]
+  with checkpoints(workdir) as manager:
+    saved = {step: (manager.manager.metrics(step) or {}).get("eval_accuracy")
+             for step in manager.steps()}
+    best = manager.best_step()
+  assert saved[9] == [r for r in records if "eval_accuracy" in r][-1]["eval_accuracy"]
+  rows = dict(re.findall(r"^  (final eval accuracy|best eval accuracy|best checkpoint)\s+(.*)$",
+                         result.stdout, re.M))
+  assert rows["final eval accuracy"].startswith(f"{100 * saved[9]:.2f}%  (step 9, loss ")
+  assert rows["best eval accuracy"] == f"{100 * saved[best]:.2f}%  (step {best})"
+  assert rows["best checkpoint"] == f"{workdir}/checkpoints/{best}"
+
+
+def test_without_config_json_eval_reads_the_checkpoints_config_and_resume_checks_it(
+    trained, tmp_path, data):
+  workdir = copy_of(trained, tmp_path)
+  os.remove(workdir / "config.json")
+  result = run([f"--workdir={workdir}", "--mode=eval", "--quiet"], check=0)
+  evals = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()
+           if "eval_accuracy" in line]
+  assert result.stdout.startswith(f"checkpoint {workdir}/checkpoints/6 (step 6) on test: accuracy "
+                                  f"{100 * evals[-1]['eval_accuracy']:.2f}% over 48 examples")
+
+  result = run(flags(workdir, data, num_epochs=3.0, width=8))
+  assert result.returncode == 2 and "damaged" not in result.stderr, result.stderr[-3000:]
+  assert result.stderr.strip().split("\n")[-1] == (
+      f"error: workdir {workdir} holds a run with other settings (width: saved 4, requested 8): "
+      "resume it with its own settings, or pass a new --workdir for a fresh run")
+  assert assert_all_restore(workdir) == [3, 6] and not (workdir / "damaged_checkpoints").exists()
+
+
+def test_non_finite_loss_on_a_fresh_workdir_says_nothing_was_saved_on_its_own_line(tmp_path, data):
+  workdir = tmp_path / "run"
+  result = run(flags(workdir, data, quiet=False, learning_rate="inf", log_every_steps=1))
+  assert result.returncode == 3 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  # Split at newlines alone: the progress bar redraws its line with carriage returns.
+  errors = [line for line in result.stderr.split("\n") if "error:" in line]
+  assert errors == [
+      f"error: loss became nan at step 2; no checkpoint had been saved in "
+      f"{workdir / 'checkpoints'} yet: lower --config.learning_rate or check the data, then "
+      "rerun to resume"], result.stderr[-3000:]
+  assert not glob.glob(str(workdir / "checkpoints" / "*"))
+
+
+# Paths ---------------------------------------------------------------------------
+
+
+def test_paths_that_name_a_file_are_one_line_errors(trained, tmp_path, data):
+  from resnet_jax.interop import export
+  file = tmp_path / "notes.txt"
+  file.write_text("not a folder")
+  weights = tmp_path / "weights.safetensors"
+  export.write_state_dict(export.to_torch_state_dict(
+      *restore.load_variables(str(trained))[:2])[0], str(weights))
+  image = tmp_path / "image.npy"
+  np.save(image, np.zeros((8, 8, 3), np.uint8))
+  commands = {
+      "init_checkpoint": ("resnet_jax.main", flags(tmp_path / "fine", data, init_checkpoint=file)),
+      "eval": ("resnet_jax.main", [f"--workdir={file}", "--mode=eval"]),
+      "predict --workdir": ("resnet_jax.predict", [f"--workdir={file}", image]),
+      "predict --checkpoint": ("resnet_jax.predict", [f"--checkpoint={file}", image]),
+      "convert --output": ("resnet_jax.convert", [f"--torch_checkpoint={weights}",
+                                                  f"--output={file}"]),
+  }
+  processes = {name: subprocess.Popen([sys.executable, "-m", module, *map(str, args)], cwd=REPO,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for name, (module, args) in commands.items()}
+  expected = {
+      "init_checkpoint": f"checkpoint path {file} is a file, not a folder: pass a workdir, its "
+                         "checkpoints/ folder, or one checkpoint step's folder",
+      "eval": f"--workdir={file} is a file, not a folder: pass the workdir of a training run",
+      "predict --workdir": f"--workdir={file} is a file, not a folder: pass the workdir",
+      "predict --checkpoint": f"--checkpoint={file} is a file, not a folder: pass the workdir",
+      "convert --output": f"--output={file} is a file, not a folder: pass a new directory",
+  }
+  for name, process in processes.items():
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 2 and "Traceback" not in stderr, (name, stderr[-3000:])
+    last = stderr.strip().split("\n")[-1]
+    assert last.startswith(f"error: {expected[name]}"), (name, last)
+  assert file.read_text() == "not a folder" and not (tmp_path / "fine").exists()
+
+
+# Damage on disk ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["truncated", "deleted", "changed_bytes"])
+def test_damaged_file_fails_restore(trained, tmp_path, how):
+  workdir = copy_of(trained, tmp_path)
+  damage_checkpoint(workdir / "checkpoints" / "6", how)
+  # Orbax notices a short or missing file; changed bytes only the checksums catch.
+  expected = checkpointing.DamagedCheckpointError if how == "changed_bytes" else Exception
+  with checkpoints(workdir) as manager:
+    with pytest.raises(expected):
+      manager.restore(6)
+    assert manager.restore_newest_intact()[0] == 3
+
+
+def test_damaged_checkpoint_eval_falls_back_and_resume_moves_it_aside(trained, tmp_path, data):
+  workdir = copy_of(trained, tmp_path)
+  directory = checkpointing.checkpoint_dir(str(workdir))
+  damage_checkpoint(os.path.join(directory, "6"), "truncated")
+
+  result = run([f"--workdir={workdir}", "--mode=eval", "--quiet"], check=0)
+  assert f"checkpoint {directory}/6 is damaged and was skipped" in result.stderr
+  assert "the best checkpoint (step 6) is damaged; evaluating step 3 instead" in result.stderr
+  assert f"checkpoint {directory}/3 (step 3)" in result.stdout
+  assert json.loads((workdir / "eval.json").read_text())["step"] == 3
+
+  result = run(flags(workdir, data, quiet=False, num_epochs=3.0, eval_every_epochs=2.0), check=0)
+  moved = workdir / "damaged_checkpoints" / "6"
+  assert f"checkpoint {directory}/6 is damaged and was skipped" in result.stderr
+  assert f"damaged checkpoint {directory}/6 moved to {moved}" in result.stderr
+  assert f"resumed from {directory} at step 3" in result.stderr
+  assert moved.is_dir()  # Kept for a look, out of the way of the new step 6.
+  assert assert_all_restore(workdir) == [3, 6, 9]
+
+
+# NaN / Inf -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("found_in,checkpoint_every_epochs,message", [
+    # The update after step 7 makes the loss NaN, seen when step 8 is logged.
+    ("loss", 1.0, r"loss became nan at step 8"),
+    # With a save after every step, the Inf weights of step 7 are caught before the save.
+    ("parameters", 0.34, r"the parameters became NaN or Inf at step 7"),
+])
+def test_non_finite_stops_the_run_and_keeps_the_last_good_checkpoint(
+    trained, tmp_path, data, found_in, checkpoint_every_epochs, message):
+  workdir = copy_of(trained, tmp_path)
+  before = restored(workdir, 6)
+  # Resumes at step 6; an infinite learning rate ruins the next update.
+  result = run(flags(workdir, data, num_epochs=3.0, learning_rate="inf", log_every_steps=1,
+                          checkpoint_every_epochs=checkpoint_every_epochs))
+  assert result.returncode == 3 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert re.fullmatch(rf"error: {message}; the last saved checkpoint in {workdir / 'checkpoints'} "
+                      r"is unchanged: lower --config.learning_rate .*", last), last
+  assert assert_all_restore(workdir) == [3, 6]
+  jax.tree.map(np.testing.assert_array_equal, before, restored(workdir, 6))
+
+
+# Disk ------------------------------------------------------------------------------
+
+
+# The command with shutil.disk_usage replaced: "plenty" stands for a disk that
+# fills between the free-space check and the write; "none_after_first" reports
+# a full disk once one checkpoint exists. Where no tmpfs can be mounted,
+# "enospc_after_first" also makes every save after the first fail the way
+# TensorStore reports a full disk (os_error_code=28, ENOSPC).
+DISK_USAGE_WRAPPER = """
+import collections, os, runpy, shutil, sys
+import orbax.checkpoint as ocp
+mode = sys.argv.pop(1)
+real_disk_usage, Usage = shutil.disk_usage, collections.namedtuple("Usage", "total used free")
+def disk_usage(path):
+  if mode in ("plenty", "enospc_after_first"):
+    return Usage(1 << 40, 0, 1 << 40)
+  if mode == "none_after_first" and any(n.isdigit() for n in os.listdir(path)):
+    return Usage(1 << 20, 1 << 20, 0)
+  return real_disk_usage(path)
+shutil.disk_usage = disk_usage
+real_save = ocp.CheckpointManager.save
+def save(self, step, *args, **kwargs):
+  if mode == "enospc_after_first" and self.all_steps():
+    os.makedirs(os.path.join(str(self.directory), f"{step}.orbax-checkpoint-tmp-1"))
+    raise ValueError("Error writing local file: [os_error_code=28] No space left on device")
+  return real_save(self, step, *args, **kwargs)
+ocp.CheckpointManager.save = save
+runpy.run_module("resnet_jax.main", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 600 KiB tmpfs, room for one tiny checkpoint but not two; None where mounting is refused."""
+  mount_point = tmp_path / "disk"
+  mount_point.mkdir()
+  if os.environ.get("RESNET_JAX_TEST_NO_TMPFS"):  # To run the simulated full disk here too.
+    yield None
+    return
+  try:
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount_point)],
+                             capture_output=True).returncode == 0
+  except OSError:
+    mounted = False
+  yield mount_point if mounted else None
+  if mounted:
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+@pytest.mark.parametrize("when", ["before_save", "during_save"])
+def test_full_disk_is_one_line_error_and_earlier_checkpoints_stay(tmp_path, data, small_disk, when):
+  workdir = (small_disk or tmp_path) / "run"
+  if small_disk:
+    mode = {"during_save": "plenty", "before_save": "real"}[when]
+  else:  # No tmpfs allowed: the full disk is simulated.
+    mode = {"during_save": "enospc_after_first", "before_save": "none_after_first"}[when]
+  result = run([mode, *flags(workdir, data, num_epochs=2.0)], prefix=("-c", DISK_USAGE_WRAPPER))
+  context = result.stderr[-3000:]
+  assert result.returncode == 2 and "Traceback" not in result.stderr, context
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1, context
+  directory = checkpointing.checkpoint_dir(str(workdir))
+  if when == "before_save":
+    assert errors[0].startswith(f"error: no room for checkpoint {directory}/6: "), context
+    assert result.stderr.strip().splitlines()[-1] == errors[0]
+  else:
+    assert errors[0].startswith(f"error: could not write checkpoint {directory}/6 (No space left "
+                                "on device)"), context
+  assert "the latest at step 3: free disk space (or lower --config.keep_checkpoints" in errors[0]
+  assert assert_all_restore(workdir) == [3]
+
+
+# Determinism -------------------------------------------------------------------------
+
+
+def test_same_seed_is_bit_identical_and_other_seed_differs(tmp_path, data):
+  for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+    config = tiny_config(seed=seed, data_dir=str(data), **CONSTANT_LR)
+    trainer.train_and_evaluate(config, str(tmp_path / name), quiet=True)
+
+  def history(name):  # Every metric but the timings.
+    lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+    timings = ("images_per_second", "wall_time_s", "train_time_s", "compile_time_s")
+    return [{k: v for k, v in json.loads(line).items()
+             if k not in timings and not k.startswith("time_to_")} for line in lines]
+
+  assert history("a") == history("b")
+  assert history("a") != history("c")
+  a, b, c = (restored(tmp_path / name) for name in "abc")
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  assert not np.array_equal(a["params"]["conv1"]["kernel"], c["params"]["conv1"]["kernel"])
