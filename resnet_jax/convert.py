@@ -1,17 +1,8 @@
 """PyTorch ResNet weights (torchvision's or timm's layout) to a resnet_jax checkpoint: `python -m resnet_jax.convert --help`.
 
-The program (flags, output) is `resnet_jax.cli.convert`; what it runs is a library
-function, documented there.
+The program's flags and output are in `resnet_jax.cli.convert`.
 """
 
-from resnet_jax.cli import convert as program, runner
-
-
-def run() -> None:
-  """The console script `resnet-jax-convert`."""
-  program.define_flags()
-  runner.run(program.main)
-
-
 if __name__ == "__main__":
-  run()
+  from resnet_jax.cli import convert
+  convert.run()

@@ -1,17 +1,8 @@
 """Classify images, or folders of them, with a trained or converted checkpoint: `python -m resnet_jax.predict --help`.
 
-The program (flags, output) is `resnet_jax.cli.predict`; what it runs is a library
-function, documented there.
+The program's flags and output are in `resnet_jax.cli.predict`.
 """
 
-from resnet_jax.cli import predict as program, runner
-
-
-def run() -> None:
-  """The console script `resnet-jax-predict`."""
-  program.define_flags()
-  runner.run(program.main)
-
-
 if __name__ == "__main__":
-  run()
+  from resnet_jax.cli import predict
+  predict.run()

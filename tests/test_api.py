@@ -1,5 +1,6 @@
 """The public API at the package root: what a notebook imports, and the README's example."""
 
+import os
 import subprocess
 import sys
 
@@ -53,3 +54,17 @@ def test_config_helpers_round_trip():
   assert "model" in config and "batch_size" in config
   model = resnet_jax.create_model("resnet18", num_classes=10)
   assert model.num_classes == 10 and "resnet50" in resnet_jax.MODELS
+
+
+@pytest.mark.parametrize("script,message", [
+    ("resnet-jax-predict", "error: pass image files or folders to classify"),
+    ("resnet-jax-export", "error: pass --workdir=DIR"),
+    ("resnet-jax-train", "error: pass --config=configs/<name>.py"),
+])
+def test_console_scripts_run_the_programs(script, message, tmp_path):
+  path = os.path.join(os.path.dirname(sys.executable), script)
+  if not os.path.exists(path):
+    pytest.skip(f"{script} is not installed: pip install -e . installs it")
+  result = subprocess.run([path], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(message), (
+      result.stderr[-2000:])

@@ -60,7 +60,7 @@ def test_imports_run_one_way(path):
 def test_entry_points_are_thin():
   for name in ENTRY_POINTS:
     lines = (PACKAGE / f"{name}.py").read_text().splitlines()
-    assert len(lines) <= 60, f"resnet_jax/{name}.py has {len(lines)} lines"
+    assert len(lines) <= 70, f"resnet_jax/{name}.py has {len(lines)} lines"
 
 
 @pytest.mark.parametrize("module", WORKER_MODULES)

@@ -39,3 +39,9 @@ def main(argv: Sequence[str]) -> None:
         f"--config.init_checkpoint={output} --workdir=runs/finetune")
   print("or classify images with:\n"
         f"  python -m resnet_jax.predict --workdir={output} IMAGE_OR_FOLDER...")
+
+
+def run() -> None:
+  """`python -m resnet_jax.convert` and the console script `resnet-jax-convert`."""
+  define_flags()
+  runner.run(main)

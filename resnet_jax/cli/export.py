@@ -36,3 +36,9 @@ def main(argv: Sequence[str]) -> None:
     resize = f", resized to {config['image_size']}" if config.get("image_size") else ""
     print(f"it takes {height}x{width} images with {channels} channel(s) in [0, 1]{resize}, "
           f"normalised with mean {tuple(config['mean'])} and std {tuple(config['std'])}")
+
+
+def run() -> None:
+  """`python -m resnet_jax.export` and the console script `resnet-jax-export`."""
+  define_flags()
+  runner.run(main)

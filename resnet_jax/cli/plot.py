@@ -22,3 +22,9 @@ def main(argv: Sequence[str]) -> None:
   runner.no_arguments(argv, "every input is a --flag")
   options = flags.FLAGS
   plots.plot(options.workdir, options.output, options.confusion, options.labels, options.normalize)
+
+
+def run() -> None:
+  """`python -m resnet_jax.plot` and the console script `resnet-jax-plot`."""
+  define_flags()
+  runner.run(main)

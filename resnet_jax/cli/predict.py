@@ -51,3 +51,9 @@ def print_result(result: dict) -> None:
   print(result["file"])
   for p in result["predictions"]:
     print(f"  {p['probability']:.4f}  {p['class']}")
+
+
+def run() -> None:
+  """`python -m resnet_jax.predict` and the console script `resnet-jax-predict`."""
+  define_flags()
+  runner.run(main)

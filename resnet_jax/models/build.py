@@ -21,7 +21,7 @@ from resnet_jax.models import ema as ema_lib, resnet
 class TrainState(train_state.TrainState):
   """Flax's TrainState with BatchNorm statistics and, when config.ema_decay > 0, a weight EMA."""
   batch_stats: Any
-  ema: Any = None  # {"params", "batch_stats"}; see resnet_jax/ema.py.
+  ema: Any = None  # {"params", "batch_stats"}; see resnet_jax/models/ema.py.
   # From config.freeze_backbone; static (part of the compiled program), not saved.
   frozen_backbone: bool = flax.struct.field(pytree_node=False, default=False)
 
