@@ -1,27 +1,33 @@
-r"""PyTorch ResNet weights (torchvision's `state_dict` layout) to a resnet_jax checkpoint.
+r"""PyTorch ResNet weights (torchvision's or timm's `state_dict` layout) to a resnet_jax checkpoint.
 
   python -m resnet_jax.convert --torch_checkpoint=resnet18.pth --model=resnet18 \
       --stem=imagenet --output=runs/resnet18_torchvision
+  python -m resnet_jax.convert --torch_checkpoint=torchvision:resnext50_32x4d --output=runs/rx50
 
 The weights may be a .pth/.pt/.bin file (read with PyTorch) or .safetensors
-(read without it); timm's ResNets share torchvision's names, so both load.
+(read without it): torchvision's ResNets, ResNeXts and Wide ResNets and
+timm's ResNets (including resnet50d and seresnet50, whose keys extend
+torchvision's). Published weights can be named instead of a file; see
+`resnet_jax.interop.hub`.
 
 Every flag but --torch_checkpoint and --output can be left out: the model,
-stem, width and class count are read off the weights, and checked against
-the flags that are given. The output directory is a workdir whose only
-checkpoint (step 0) carries `params`, `batch_stats` and a config; pass it to
-training as `--config.init_checkpoint=DIR` or to `resnet_jax.predict`.
+stem, width and class count are read off the weights (`architecture.py`),
+and checked against the flags that are given. The output directory is a
+workdir whose only checkpoint (step 0) carries `params`, `batch_stats` and a
+config; pass it to training as `--config.init_checkpoint=DIR` or to
+`resnet_jax.predict`.
 
-Names map one to one (see `resnet_jax.models`): `layer1.0.conv1.weight` is
-`params/layer1_0/conv1/kernel` (OIHW to HWIO), `downsample.0`/`.1` are
-`downsample_conv`/`downsample_bn`, BN `weight` is `scale`, running
-statistics go to `batch_stats`, and `fc.weight` is transposed.
+Names map one to one (see `resnet_jax.models.resnet`): `layer1.0.conv1.weight`
+is `params/layer1_0/conv1/kernel` (OIHW to HWIO), `downsample.0`/`.1` are
+`downsample_conv`/`downsample_bn` (ResNet-D's `downsample.1`/`.2` after its
+pool: `downsample_pooled_conv`/`_bn`), timm's deep stem `conv1.0/.1/.3/.4/.6`
+is `stem_conv1`, `stem_bn1`, `stem_conv2`, `stem_bn2`, `stem_conv3`, BN
+`weight` is `scale`, running statistics go to `batch_stats`, and
+`fc.weight` is transposed.
 """
 
-import dataclasses
 import functools
 import os
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,20 +36,26 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from resnet_jax.models import resnet
 from resnet_jax.checkpoints.checkpointing import Checkpointer
 from resnet_jax.errors import UserError
+from resnet_jax.interop.architecture import (Architecture, infer_architecture,  # noqa: F401
+                                             resolve_architecture)
+from resnet_jax.interop.torch_files import (MAX_LISTED, SAFETENSORS_EXTENSION,  # noqa: F401
+                                            TORCH_EXTENSIONS, first_line, load_torch_file,
+                                            normalize_state_dict)
+from resnet_jax.models import resnet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Resolution the converted weights expect when the config does not say; predict reads it.
 NATIVE_SIZE = {"imagenet": 224, "cifar": 32}
 
-TORCH_EXTENSIONS = (".pth", ".pt", ".bin")  # torch.save's files; .bin as Hugging Face names them.
-SAFETENSORS_EXTENSION = ".safetensors"
 BN_COUNTER = "num_batches_tracked"  # torchvision's, unused by resnet_jax.
-_WRAPPER_KEYS = ("state_dict", "model")
-_TORCH_MODULES = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}
+# Flax modules that sit inside a PyTorch Sequential, to their index there.
+_TORCH_MODULES = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1",
+                  "downsample_pooled_conv": "downsample.1", "downsample_pooled_bn": "downsample.2",
+                  "stem_conv1": "conv1.0", "stem_bn1": "conv1.1", "stem_conv2": "conv1.3",
+                  "stem_bn2": "conv1.4", "stem_conv3": "conv1.6"}
 _TORCH_LEAVES = {
     ("params", "kernel"): "weight",
     ("params", "scale"): "weight",
@@ -52,157 +64,7 @@ _TORCH_LEAVES = {
     ("batch_stats", "var"): "running_var",
 }
 _TORCH_AXES = {4: (3, 2, 0, 1), 2: (1, 0)}  # Flax to PyTorch: HWIO to OIHW, (in, out) to (out, in).
-_BLOCK_KEY = re.compile(r"^layer(\d+)\.(\d+)\.")
-_MAX_LISTED = 5
-
-
-@dataclasses.dataclass(frozen=True)
-class Architecture:
-  """What `resnet.create_model` needs to rebuild the network of a state_dict."""
-  model: str
-  stem: str
-  width: int
-  num_classes: int
-  in_channels: int = 3
-
-
-# Reading ---------------------------------------------------------------------
-
-
-def load_torch_file(path: str) -> Mapping[str, Any]:
-  """Reads a state_dict from .pth/.pt/.bin (needs PyTorch) or .safetensors (does not)."""
-  if not os.path.isfile(path):
-    raise UserError(f"PyTorch checkpoint {path} does not exist or is not a file: pass a "
-                    f"{'/'.join(TORCH_EXTENSIONS)} or {SAFETENSORS_EXTENSION} file")
-  extension = os.path.splitext(path)[1].lower()
-  if extension == SAFETENSORS_EXTENSION:
-    return _load_safetensors(path)
-  if extension not in TORCH_EXTENSIONS:
-    raise UserError(f"{path} has the unknown extension {extension or '(none)'!r}: pass a "
-                    f"{', '.join(TORCH_EXTENSIONS)} or {SAFETENSORS_EXTENSION} file")
-  try:
-    import torch  # Lazy: an optional extra, needed only for pickled PyTorch files.
-  except ImportError:
-    raise UserError(f"reading {extension} files needs PyTorch: pip install -e '.[torch]' "
-                    "(or pip install torch), or pass a .safetensors file") from None
-  try:
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:  # Truncated zips, pickles with code and foreign files all differ.
-    raise UserError(f"could not read {path} as a PyTorch checkpoint "
-                    f"({type(e).__name__}: {_first_line(e)})") from None
-  return loaded
-
-
-def _load_safetensors(path: str) -> dict[str, Any]:
-  import safetensors.flax
-  import safetensors.numpy
-  try:
-    return safetensors.numpy.load_file(path)
-  except TypeError:  # bfloat16, which numpy lacks; JAX's arrays have it.
-    return safetensors.flax.load_file(path)
-  except Exception as e:  # A truncated or foreign file: SafetensorError, OSError, ...
-    raise UserError(f"could not read {path} as a safetensors file "
-                    f"({type(e).__name__}: {_first_line(e)})") from None
-
-
-def normalize_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-  """Unwraps {'state_dict': ...} or {'model': ...} and strips DataParallel's `module.`."""
-  if not isinstance(state_dict, Mapping):
-    raise UserError(f"expected a state_dict (a mapping of names to tensors), got a "
-                    f"{type(state_dict).__name__}: save model.state_dict(), not the model")
-  while not any(isinstance(k, str) and k.split(".")[-1] in ("weight", "bias")
-                for k in state_dict):
-    inner = next((state_dict[k] for k in _WRAPPER_KEYS
-                  if isinstance(state_dict.get(k), Mapping)), None)
-    if inner is None:
-      break
-    state_dict = inner
-  bad = [repr(k) for k in state_dict if not isinstance(k, str)]
-  if bad:
-    raise UserError(f"state_dict keys must be strings, not {', '.join(bad[:_MAX_LISTED])}")
-  return {(k[len("module."):] if k.startswith("module.") else k): v
-          for k, v in state_dict.items()}
-
-
-# Architecture ----------------------------------------------------------------
-
-
-def infer_architecture(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-  """Reads model, stem, width, num_classes and in_channels off the weights; None where unclear."""
-  conv1 = _shape(state_dict.get("conv1.weight"))
-  fc = _shape(state_dict.get("fc.weight"))
-  inferred = {"model": None, "stem": None, "width": None, "num_classes": None, "in_channels": None}
-  if len(conv1) == 4:
-    inferred["width"], inferred["in_channels"] = conv1[0], conv1[1]
-    inferred["stem"] = {(7, 7): "imagenet", (3, 3): "cifar"}.get(conv1[2:])
-  if len(fc) == 2:
-    inferred["num_classes"] = fc[0]
-  inferred["model"] = _model_name(state_dict)
-  return inferred
-
-
-def _shape(value: Any) -> tuple[int, ...]:
-  """Shape of a tensor, array or nested list; () for None."""
-  if value is None:
-    return ()
-  return tuple(int(d) for d in (value.shape if hasattr(value, "shape") else np.shape(value)))
-
-
-def _stage_sizes(state_dict: Mapping[str, Any]) -> tuple[int, ...]:
-  blocks: dict[int, set[int]] = {}
-  for key in state_dict:
-    match = _BLOCK_KEY.match(key)
-    if match:
-      blocks.setdefault(int(match[1]), set()).add(int(match[2]))
-  return tuple(len(blocks.get(stage, ())) for stage in range(1, max(blocks, default=0) + 1))
-
-
-def _model_name(state_dict: Mapping[str, Any]) -> str | None:
-  """The model in `resnet.MODELS` with these blocks per stage and this block type."""
-  stage_sizes = _stage_sizes(state_dict)
-  block_cls = (resnet.Bottleneck if any(".conv3." in k for k in state_dict)
-               else resnet.BasicBlock)
-  for name, factory in resnet.MODELS.items():
-    if (tuple(factory.keywords["stage_sizes"]) == stage_sizes
-        and factory.keywords["block_cls"] is block_cls):
-      return name
-  return None
-
-
-def resolve_architecture(state_dict: Mapping[str, Any], model: str | None = None,
-                         stem: str | None = None, width: int | None = None,
-                         num_classes: int | None = None) -> Architecture:
-  """The architecture of a (normalised) state_dict; values given are checked against it.
-
-  Each value left as None is read off the weights: the model off the blocks
-  per stage, the stem off conv1's kernel size, the width off conv1's output
-  channels, num_classes off fc's rows.
-  """
-  inferred = infer_architecture(state_dict)
-  given = {"model": model, "stem": stem, "width": width, "num_classes": num_classes}
-  if model is not None and model not in resnet.MODELS:
-    raise UserError(f"unknown model {model!r}: choose one of {', '.join(resnet.MODELS)}")
-  if stem is not None and stem not in resnet.STEMS:
-    raise UserError(f"unknown stem {stem!r}: choose one of {', '.join(resnet.STEMS)}")
-  resolved = {}
-  for name, value in given.items():
-    found = inferred[name]
-    if value is not None and found is not None and value != found:
-      raise UserError(f"{name}={value!r} was asked for but the weights hold {name}={found!r} "
-                      f"({_describe(state_dict)}): leave {name} out to use the weights' value")
-    resolved[name] = value if value is not None else found
-    if resolved[name] is None:
-      raise UserError(f"cannot tell the {name} from the weights ({_describe(state_dict)}): "
-                      f"pass {name} (--{name}=...) or check that this is a torchvision ResNet")
-  return Architecture(**resolved, in_channels=inferred["in_channels"] or 3)
-
-
-def _describe(state_dict: Mapping[str, Any]) -> str:
-  block = "bottleneck" if any(".conv3." in k for k in state_dict) else "basic"
-  conv1 = _shape(state_dict.get("conv1.weight"))
-  kernel = "x".join(map(str, conv1[2:])) if len(conv1) == 4 else "no"
-  return (f"blocks per stage {_stage_sizes(state_dict)}, {block} blocks, "
-          f"{kernel} conv1 kernel")
+STEM_KERNELS = (("conv1", "kernel"), ("stem_conv1", "kernel"))  # The first convolution.
 
 
 # Conversion ------------------------------------------------------------------
@@ -229,6 +91,14 @@ def to_torch_layout(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
   return value.transpose(_TORCH_AXES[value.ndim]) if path[-1] == "kernel" else value
 
 
+def input_channels(params: Mapping[str, Any]) -> int:
+  """The image channels that the first convolution (plain or deep stem) takes."""
+  for module, leaf in STEM_KERNELS:
+    if module in params:
+      return int(np.shape(params[module][leaf])[2])
+  raise UserError("the weights have no first convolution (conv1 or stem_conv1)")
+
+
 def _as_numpy(value: Any) -> np.ndarray:
   if hasattr(value, "detach"):  # A torch.Tensor; bfloat16 has no numpy dtype.
     return value.detach().cpu().float().numpy()
@@ -237,8 +107,8 @@ def _as_numpy(value: Any) -> np.ndarray:
 
 def _listing(keys: Sequence[str]) -> str:
   keys = sorted(keys)
-  more = f" (and {len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else ""
-  return ", ".join(keys[:_MAX_LISTED]) + more
+  more = f" (and {len(keys) - MAX_LISTED} more)" if len(keys) > MAX_LISTED else ""
+  return ", ".join(keys[:MAX_LISTED]) + more
 
 
 def expected_shapes(arch: Architecture) -> dict[tuple[str, ...], jax.ShapeDtypeStruct]:
@@ -277,7 +147,7 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], model: str | None = Non
     try:
       value = _as_numpy(state_dict[key])
     except (TypeError, ValueError) as e:
-      raise UserError(f"{key} is not an array ({_first_line(e)})") from None
+      raise UserError(f"{key} is not an array ({first_line(e)})") from None
     want = _torch_shape(path, spec.shape)
     if value.shape != want:
       wrong_shapes.append(f"{key} is {tuple(value.shape)}, expected {want}")
@@ -308,7 +178,7 @@ def save_converted(variables: Mapping[str, Any], output_dir: str, model: str, st
       torchvision's ImageNet mean and std for 3 channels.
   """
   directory = _free_checkpoint_dir(output_dir)
-  channels = int(np.shape(variables["params"]["conv1"]["kernel"])[2])
+  channels = input_channels(variables["params"])
   if input_shape is None:
     input_shape = (NATIVE_SIZE[stem], NATIVE_SIZE[stem], channels)
   # torchvision's normalisation for RGB; other channel counts get a neutral one.
@@ -337,10 +207,6 @@ def _free_checkpoint_dir(output_dir: str) -> str:
                     "(conversion never overwrites)")
   return directory
 
-
-def _first_line(e: BaseException) -> str:
-  text = str(e).strip()
-  return text.splitlines()[0] if text else "no message"
 
 
 # Command line ----------------------------------------------------------------

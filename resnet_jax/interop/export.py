@@ -31,10 +31,15 @@ from resnet_jax.errors import UserError
 SAFETENSORS, PTH = ".safetensors", ".pth"
 OUTPUT_EXTENSIONS = (SAFETENSORS, PTH, ".pt")
 TORCHVISION_WIDTH = 64  # torchvision's ResNets have no width argument.
-TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-# torchvision's order of modules within the network or a block, and of leaves within a module.
-_MODULE_RANK = {"conv1": 0, "bn1": 1, "conv2": 2, "bn2": 3, "conv3": 4, "bn3": 5,
-                "downsample_conv": 6, "downsample_bn": 7, "fc": 9}
+TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+                      "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d",
+                      "wide_resnet50_2", "wide_resnet101_2")
+TIMM_MODELS = ("resnet50d", "seresnet50")  # timm.create_model(name) builds these.
+# torchvision's (and timm's) order of modules within the network or a block, and of leaves.
+_MODULE_RANK = {"stem_conv1": -5, "stem_bn1": -4, "stem_conv2": -3, "stem_bn2": -2,
+                "stem_conv3": -1, "conv1": 0, "bn1": 1, "conv2": 2, "bn2": 3, "conv3": 4, "bn3": 5,
+                "se": 6, "downsample_conv": 7, "downsample_bn": 8, "downsample_pooled_conv": 7,
+                "downsample_pooled_bn": 8, "fc": 10, "fc1": 0, "fc2": 1}
 _LEAF_RANK = {"kernel": 0, "scale": 0, "bias": 1, "mean": 2, "var": 3}
 
 
@@ -53,10 +58,11 @@ def weights_to_export(variables: Mapping[str, Any]) -> tuple[dict, bool]:
 def _order(path: tuple[str, ...]) -> tuple:
   """Sorts Flax paths into torchvision's order: conv1, bn1, layer1.0 ... layerN.M, fc."""
   _, top, *modules, leaf = path
+  within = tuple(_MODULE_RANK.get(m, 9) for m in modules)  # SE's fc1 before fc2.
   if top.startswith("layer"):  # layer{stage}_{block}
     stage, block = top[len("layer"):].split("_")
-    return (1, int(stage), int(block), _MODULE_RANK.get(modules[0], 8)), _LEAF_RANK[leaf]
-  return (2 if top == "fc" else 0, _MODULE_RANK.get(top, 8)), _LEAF_RANK[leaf]
+    return (1, int(stage), int(block), *within), _LEAF_RANK[leaf]
+  return (2 if top == "fc" else 0, _MODULE_RANK.get(top, 9)), _LEAF_RANK[leaf]
 
 
 def to_torch_state_dict(variables: Mapping[str, Any], config: Mapping[str, Any],
@@ -79,7 +85,8 @@ def to_torch_state_dict(variables: Mapping[str, Any], config: Mapping[str, Any],
   state_dict = {convert.torch_key(path): np.ascontiguousarray(
       convert.to_torch_layout(path, np.asarray(flat[path], np.float32))) for path in known}
   try:
-    arch = convert.resolve_architecture(state_dict)
+    # A deep stem does not show its stride in the weights: the config says which it is.
+    arch = convert.resolve_architecture(state_dict, stem=config.get("stem") or None)
   except UserError as e:
     raise UserError(f"{source} holds no ResNet that resnet_jax knows ({e})") from None
   for name in ("model", "stem", "width", "num_classes"):
@@ -192,6 +199,13 @@ def loading_snippet(arch: convert.Architecture, output: str) -> list[str]:
   elif arch.in_channels != 3:
     adapt = [f"model.conv1 = nn.Conv2d({arch.in_channels}, {arch.width}, kernel_size=7, stride=2, "
              "padding=3, bias=False)"]
+  if arch.model in TIMM_MODELS:
+    build = f"model = timm.create_model({arch.model!r}, num_classes={arch.num_classes})"
+    if adapt:
+      return read + [f"# timm's {arch.model} takes 3-channel ImageNet-stem input: this one "
+                     "differs; load state_dict into a module built to match"]
+    return (["import timm"] + read + [build, "model.load_state_dict(state_dict, strict=True)",
+                                      "model.eval()"])
   if arch.model in TORCHVISION_MODELS:
     build = f"model = torchvision.models.{arch.model}(num_classes={arch.num_classes})"
   else:

@@ -17,7 +17,8 @@ from absl import logging
 from resnet_jax.errors import UserError
 
 HEAD = "fc"
-STEM_KERNEL = ("conv1", "kernel")  # HWIO: input channels on axis 2.
+# The first convolution, plain or ResNet-D's deep stem; HWIO: input channels on axis 2.
+STEM_KERNELS = (("conv1", "kernel"), ("stem_conv1", "kernel"))
 
 
 def is_head(path: tuple[str, ...]) -> bool:
@@ -45,8 +46,8 @@ def merge(fresh: Mapping[str, Any], loaded: Mapping[str, Any], source: str) -> t
   merged, head_reinitialised = {}, False
   for path, value in fresh_flat.items():
     array = np.asarray(loaded_flat[path])
-    if path == STEM_KERNEL and array.shape != value.shape:
-      array = _fit_input_channels(array, tuple(value.shape), source,
+    if path in STEM_KERNELS and array.shape != value.shape:
+      array = _fit_input_channels(array, tuple(value.shape), source, path[0],
                                   report=not isinstance(value, jax.ShapeDtypeStruct))
     if array.shape != value.shape:
       if is_head(path):
@@ -61,7 +62,7 @@ def merge(fresh: Mapping[str, Any], loaded: Mapping[str, Any], source: str) -> t
 
 
 def _fit_input_channels(kernel_HWIO: np.ndarray, wanted: tuple[int, ...], source: str,
-                        report: bool) -> np.ndarray:
+                        path_name: str, report: bool) -> np.ndarray:
   """The stem kernel for 1 input channel from 3 or the reverse; unchanged for other shapes."""
   have = kernel_HWIO.shape[2]
   if (kernel_HWIO.shape[:2] + kernel_HWIO.shape[3:] != wanted[:2] + wanted[3:]
@@ -74,7 +75,7 @@ def _fit_input_channels(kernel_HWIO: np.ndarray, wanted: tuple[int, ...], source
     fitted = np.repeat(kernel_HWIO, 3, axis=2) / 3
     how = "repeated over 3 input channels and divided by 3 for 3-channel images"
   if report:  # The trainer first merges onto shapes alone; only the real merge says it.
-    logging.info("init_checkpoint %s: conv1/kernel %s", source, how)
+    logging.info("init_checkpoint %s: %s/kernel %s", source, path_name, how)
   return fitted.astype(kernel_HWIO.dtype)
 
 
