@@ -193,3 +193,54 @@ def write_image_folder(root, split: str = "train",
     Image.new("RGB", (8, 8)).save(os.path.join(class_dir, ".cache", "thumb.jpg"))
   os.makedirs(os.path.join(root, split, ".ipynb_checkpoints"), exist_ok=True)
   return sorted(class_names)
+
+
+def import_torchvision():
+  """torchvision's pure-Python parts (models, transforms.v2), or a skip saying what is missing.
+
+  The torchvision wheel here may be built for another torch: its C ops fail to
+  register, so the module that registers them is stubbed before the import.
+  """
+  import types
+  pytest.importorskip("torch", reason="needs PyTorch (the 'torch' extra)")
+  sys.modules.setdefault("torchvision._meta_registrations",
+                         types.ModuleType("torchvision._meta_registrations"))
+  return pytest.importorskip("torchvision", reason="needs torchvision (pip install torchvision)")
+
+
+def import_timm():
+  """timm (which imports torchvision), or a skip saying what is missing."""
+  import_torchvision()
+  return pytest.importorskip("timm", reason="needs timm (pip install timm --no-deps)")
+
+
+def randomize_torch_model(net, seed: int) -> None:
+  """He-normal convolutions, non-trivial BN affine parameters and running statistics, eval mode."""
+  import torch
+  from torch import nn
+  generator = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for m in net.modules():
+      if isinstance(m, nn.Conv2d):
+        m.weight.normal_(0.0, (2.0 / m.weight[0].numel()) ** 0.5, generator=generator)
+        if m.bias is not None:
+          m.bias.normal_(0.0, 0.2, generator=generator)
+      elif isinstance(m, nn.BatchNorm2d):
+        m.weight.uniform_(0.5, 1.5, generator=generator)
+        m.bias.normal_(0.0, 0.2, generator=generator)
+        m.running_mean.normal_(0.0, 0.3, generator=generator)
+        m.running_var.uniform_(0.5, 2.0, generator=generator)
+      elif isinstance(m, nn.Linear):
+        m.weight.normal_(0.0, 1.0 / m.in_features ** 0.5, generator=generator)
+        m.bias.normal_(0.0, 0.1, generator=generator)
+  net.eval()
+
+
+def relative_logit_difference(expected, variables, model_name, num_classes, stem, width,
+                              images_BHWC) -> float:
+  """max |ours - theirs| / max |theirs| of resnet_jax's logits against PyTorch's `expected`."""
+  from resnet_jax.models import resnet
+  model = resnet.create_model(model_name, num_classes, stem, width)
+  logits = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(
+      variables, images_BHWC))
+  return float(np.abs(logits - expected).max() / np.abs(expected).max())

@@ -1,0 +1,91 @@
+"""The ResNet family against torchvision's and timm's own model code: convert, export, parity."""
+
+import numpy as np
+import pytest
+
+from resnet_jax.interop import convert, export
+from tests.conftest import (import_timm, import_torchvision, randomize_torch_model,
+                            relative_logit_difference)
+
+NUM_CLASSES = 7
+# (our name, where the reference comes from, image side): 72 px gives ResNet-D's pooled
+# shortcut an odd input (9 -> 5), where ceil_mode and count_include_pad=False matter.
+FAMILY = [
+    ("resnext50_32x4d", "torchvision", 64),
+    ("wide_resnet50_2", "torchvision", 64),
+    ("resnext101_64x4d", "torchvision", 64),
+    ("resnet50d", "timm", 72),
+    ("seresnet50", "timm", 64),
+]
+
+
+def reference_model(name: str, source: str, seed: int = 0):
+  """The reference implementation's model, with random weights and non-trivial BN statistics."""
+  if source == "torchvision":
+    net = getattr(import_torchvision().models, name)(num_classes=NUM_CLASSES)
+  else:
+    net = import_timm().create_model(name, pretrained=False, num_classes=NUM_CLASSES)
+  randomize_torch_model(net, seed)
+  return net
+
+
+def reference_logits(net, images_BHWC: np.ndarray) -> np.ndarray:
+  import torch
+  with torch.no_grad():
+    return net(torch.from_numpy(images_BHWC.transpose(0, 3, 1, 2))).numpy()
+
+
+def images(size: int, batch: int = 2) -> np.ndarray:
+  return np.random.default_rng(0).normal(size=(batch, size, size, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name, source, size", FAMILY)
+def test_convert_and_export_match_the_reference_model(name, source, size):
+  import torch
+  net = reference_model(name, source)
+  x = images(size)
+  expected = reference_logits(net, x)
+  state_dict = net.state_dict()
+
+  arch = convert.resolve_architecture(state_dict)
+  assert (arch.model, arch.stem, arch.width, arch.num_classes) == (
+      name, "imagenet", 64, NUM_CLASSES)
+  variables = convert.from_torch_state_dict(state_dict)
+  # The images must matter, or a wrong mapping could hide behind the fc bias.
+  assert np.abs(expected - expected.mean(axis=0)).max() > 1e-2 * np.abs(expected).max()
+  assert relative_logit_difference(expected, variables, name, NUM_CLASSES, "imagenet", 64,
+                                   x) < 1e-4
+
+  exported, exported_arch = export.to_torch_state_dict(variables, {"model": name,
+                                                                   "stem": "imagenet"})
+  assert exported_arch == arch
+  fresh = reference_model(name, source, seed=1)
+  fresh.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in exported.items()},
+                        strict=True)
+  for key, value in state_dict.items():
+    if not key.endswith("num_batches_tracked"):
+      assert np.asarray(exported[key]).tobytes() == value.numpy().tobytes(), key
+  np.testing.assert_array_equal(reference_logits(fresh, x), expected)
+
+
+@pytest.mark.parametrize("name, expected", [
+    # torchvision's published figures (torchvision.models docs, ImageNet-1K weights).
+    ("resnext50_32x4d", 25_028_904), ("resnext101_32x8d", 88_791_336),
+    ("resnext101_64x4d", 83_455_272), ("wide_resnet50_2", 68_883_240),
+    ("wide_resnet101_2", 126_886_696)])
+def test_parameter_counts_match_torchvision(name, expected):
+  from tests.models.test_models import param_count
+  from resnet_jax.models import resnet
+  assert param_count(resnet.create_model(name, 1000, stem="imagenet")) == expected
+  torchvision = import_torchvision()
+  net = getattr(torchvision.models, name)()
+  assert sum(p.numel() for p in net.parameters()) == expected
+
+
+@pytest.mark.parametrize("name", ["resnet50d", "seresnet50"])
+def test_parameter_counts_match_timm(name):
+  from tests.models.test_models import param_count
+  from resnet_jax.models import resnet
+  timm = import_timm()
+  expected = sum(p.numel() for p in timm.create_model(name, pretrained=False).parameters())
+  assert param_count(resnet.create_model(name, 1000, stem="imagenet")) == expected
