@@ -7,6 +7,8 @@ What a notebook or script needs, importable from the package root:
   probabilities = resnet_jax.predict(predictor, images_BHWC)     # uint8 arrays
   variables, config, path = resnet_jax.load_variables("runs/resnet18")
   state_dict, arch = resnet_jax.to_torch_state_dict(variables, config)
+  workdir = resnet_jax.pretrained_checkpoint("torchvision:resnet50")  # Downloaded, converted once.
+  backbone = resnet_jax.load_backbone(workdir)                   # Stage outputs, strides 4-32.
 
 The names load lazily, so `import resnet_jax` costs nothing until one is used
 (Grain's worker processes import `resnet_jax.data` without JAX).
@@ -36,6 +38,11 @@ _PUBLIC = {
     "load_torch_file": "resnet_jax.interop.convert",
     "from_torch_state_dict": "resnet_jax.interop.convert",
     "to_torch_state_dict": "resnet_jax.interop.export",
+    "pretrained_checkpoint": ("resnet_jax.interop.hub", "resolve"),
+    # Backbone features and explanations
+    "load_backbone": "resnet_jax.evaluation.features",
+    "stage_features": "resnet_jax.evaluation.features",
+    "grad_cam": "resnet_jax.evaluation.explain",
     # Errors
     "UserError": "resnet_jax.errors",
 }

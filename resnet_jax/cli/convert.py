@@ -4,7 +4,8 @@ import os
 from collections.abc import Sequence
 
 from resnet_jax.cli import runner
-from resnet_jax.interop import convert
+from resnet_jax.interop import convert, hub
+from resnet_jax.models import zoo
 from resnet_jax.models import resnet
 
 
@@ -12,7 +13,8 @@ def define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no flags."""
   from absl import flags
   flags.DEFINE_string("torch_checkpoint", None, "A ResNet state_dict: .pth, .pt, .bin (these "
-                      "need PyTorch) or .safetensors.")
+                      "need PyTorch) or .safetensors; or published weights: "
+                      "torchvision:resnet50, hf-hub:timm/resnet50.a1_in1k.")
   flags.DEFINE_string("output", None, "New directory to write the checkpoint (a workdir) to.")
   # Strings, not enums: a wrong name is a UserError (exit 2) like every other mistake.
   flags.DEFINE_string("model", None, f"One of {', '.join(resnet.MODELS)}; default: read off "
@@ -27,8 +29,11 @@ def main(argv: Sequence[str]) -> None:
   FLAGS = flags.FLAGS
   runner.quiet_libraries(quiet=False)  # Orbax logs each save step at INFO.
   runner.no_arguments(argv, "pass the weights as --torch_checkpoint=FILE")
-  arch = convert.convert_file(FLAGS.torch_checkpoint, FLAGS.output, FLAGS.model, FLAGS.stem,
-                      FLAGS.width, FLAGS.num_classes)
+  if zoo.is_pretrained_name(FLAGS.torch_checkpoint or ""):
+    arch = hub.convert_named(FLAGS.torch_checkpoint, FLAGS.output)
+  else:
+    arch = convert.convert_file(FLAGS.torch_checkpoint, FLAGS.output, FLAGS.model, FLAGS.stem,
+                                FLAGS.width, FLAGS.num_classes)
   output = os.path.abspath(FLAGS.output)
   print(f"wrote {arch.model} (stem={arch.stem}, width={arch.width}, "
         f"{arch.num_classes} classes) to {output}")

@@ -5,14 +5,15 @@ from collections.abc import Sequence
 
 from resnet_jax.cli import runner
 from resnet_jax.evaluation.prediction import checkpoint_path
-from resnet_jax.interop import export
+from resnet_jax.interop import export, hub
 
 
 def define_flags() -> None:
   """Defined only when run as a program, so importing this module adds no flags."""
   from absl import flags
   flags.DEFINE_string("workdir", None, "Training (or conversion) workdir to export the best "
-                      "checkpoint of.")
+                      "checkpoint of, or published weights: torchvision:resnet50, "
+                      "hf-hub:timm/resnet50.a1_in1k.")
   flags.DEFINE_string("checkpoint", None, "A checkpoints/ folder or one step's folder.")
   flags.DEFINE_string("output", None, f"File to write: FILE{export.SAFETENSORS} or FILE{export.PTH} "
                       "(.pth needs PyTorch).")
@@ -23,7 +24,7 @@ def main(argv: Sequence[str]) -> None:
   FLAGS = flags.FLAGS
   runner.quiet_libraries(quiet=False)
   runner.no_arguments(argv, "pass --workdir=DIR (or --checkpoint=DIR) and --output=FILE")
-  checkpoint = checkpoint_path(FLAGS.workdir, FLAGS.checkpoint)
+  checkpoint = hub.resolve(checkpoint_path(FLAGS.workdir, FLAGS.checkpoint))
   arch, config, from_ema = export.export_checkpoint(checkpoint, FLAGS.output)
   output = os.path.abspath(FLAGS.output)
   if from_ema:

@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from resnet_jax.models import resnet
+from resnet_jax.models import resnet, zoo
 from resnet_jax.errors import UserError
 
 # Fields that fix the shape of the parameters or the meaning of the data: a
@@ -88,9 +88,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.data_workers < 0:
     raise UserError(f"data_workers must not be negative, got {config.data_workers}: set "
                     "--config.data_workers=0 (in-process) or the number of decoding processes")
-  if config.init_checkpoint and not os.path.exists(config.init_checkpoint):
-    raise UserError(f"init_checkpoint {config.init_checkpoint} does not exist: pass a workdir "
-                    "or a checkpoint folder written by resnet_jax")
+  if (config.init_checkpoint and not zoo.is_pretrained_name(config.init_checkpoint)
+      and not os.path.exists(config.init_checkpoint)):
+    raise UserError(f"init_checkpoint {config.init_checkpoint} does not exist: pass a workdir, "
+                    "a checkpoint folder written by resnet_jax, or published weights such as "
+                    "torchvision:resnet50 or hf-hub:timm/resnet50.a1_in1k")
 
 
 def _validate_recipe(config: ml_collections.ConfigDict, devices: int) -> None:

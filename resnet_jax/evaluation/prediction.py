@@ -63,6 +63,10 @@ class Predictor:
   class_names: list[str]
   weights: str = "raw"  # "ema" when the checkpoint's weight EMA is used.
   tta: str = "none"  # Test-time augmentation: config.eval_tta's values.
+  # For explanations and features: the network, its weights, uint8 images to its input.
+  model: Any = None
+  variables: Any = None
+  normalise: Callable[[Any], Any] | None = None
 
 
 def _required(config: Mapping[str, Any], key: str, path: str) -> Any:
@@ -87,7 +91,7 @@ def load_predictor(path: str, tta: str | None = None) -> Predictor:
                     f"{', '.join(TTA_MODES)}")
   params = variables["params"]
   num_classes = int(config.get("num_classes") or np.shape(params["fc"]["bias"])[0])
-  base_width = int(config.get("width") or np.shape(params["conv1"]["kernel"])[-1])
+  base_width = int(config.get("width") or np.shape(params["bn1"]["scale"])[-1])
   try:
     model = resnet.create_model(_required(config, "model", path), num_classes,
                                 _required(config, "stem", path), base_width)
@@ -112,7 +116,8 @@ def load_predictor(path: str, tta: str | None = None) -> Predictor:
     return jax.nn.softmax(logits, axis=-1)
 
   return Predictor(lambda images: np.asarray(probabilities(variables, images)),
-                   (height, width, channels), names, weights, tta)
+                   (height, width, channels), names, weights, tta, model, variables,
+                   lambda images: augment.preprocess(images, mean, std, image_size))
 
 
 # Reading images --------------------------------------------------------------

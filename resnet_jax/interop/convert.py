@@ -165,8 +165,9 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], model: str | None = Non
 
 
 def save_converted(variables: Mapping[str, Any], output_dir: str, model: str, stem: str,
-                   width: int, num_classes: int,
-                   input_shape: Sequence[int] | None = None) -> str:
+                   width: int, num_classes: int, input_shape: Sequence[int] | None = None,
+                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                   class_names: Sequence[str] = ()) -> str:
   """Writes variables as step 0 of a new workdir; returns its checkpoints directory.
 
   Args:
@@ -175,18 +176,22 @@ def save_converted(variables: Mapping[str, Any], output_dir: str, model: str, st
     model, stem, width, num_classes: the architecture, stored in the config.
     input_shape: [H, W, C] the weights were trained at; default 224x224 (ImageNet
       stem) or 32x32 (CIFAR stem) with conv1's channels. Normalisation is
-      torchvision's ImageNet mean and std for 3 channels.
+      torchvision's ImageNet mean and std for 3 channels unless mean and std are
+      given (published weights carry theirs), as are class_names.
   """
-  directory = _free_checkpoint_dir(output_dir)
+  directory = free_checkpoint_dir(output_dir)
   channels = input_channels(variables["params"])
   if input_shape is None:
     input_shape = (NATIVE_SIZE[stem], NATIVE_SIZE[stem], channels)
   # torchvision's normalisation for RGB; other channel counts get a neutral one.
-  mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,) * channels,) * 2
+  default_mean, default_std = ((IMAGENET_MEAN, IMAGENET_STD) if channels == 3
+                               else ((0.5,) * channels,) * 2)
+  mean, std = tuple(mean or default_mean), tuple(std or default_std)
   config = {
       "model": model, "stem": stem, "width": int(width), "num_classes": int(num_classes),
       "dataset": "converted", "mean": list(mean), "std": list(std),
-      "class_names": [], "image_size": 0, "input_shape": [int(d) for d in input_shape],
+      "class_names": [str(n) for n in class_names], "image_size": 0,
+      "input_shape": [int(d) for d in input_shape],
   }
   state = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
   checkpointer = Checkpointer(directory)
@@ -197,7 +202,7 @@ def save_converted(variables: Mapping[str, Any], output_dir: str, model: str, st
   return directory
 
 
-def _free_checkpoint_dir(output_dir: str) -> str:
+def free_checkpoint_dir(output_dir: str) -> str:
   """The checkpoints directory of output_dir, refused when it holds anything already."""
   if os.path.exists(output_dir) and not os.path.isdir(output_dir):
     raise UserError(f"--output={output_dir} is a file, not a folder: pass a new directory")
@@ -218,7 +223,7 @@ def convert_file(torch_checkpoint: str, output: str, model: str | None = None,
   """Converts a .pth/.pt/.bin/.safetensors file into a new workdir; returns the architecture."""
   if not torch_checkpoint or not output:
     raise UserError("pass --torch_checkpoint=FILE (.pth or .safetensors) and --output=DIR")
-  _free_checkpoint_dir(output)  # Before the slow part, and again when writing.
+  free_checkpoint_dir(output)  # Before the slow part, and again when writing.
   state_dict = normalize_state_dict(load_torch_file(torch_checkpoint))
   arch = resolve_architecture(state_dict, model, stem, width, num_classes)
   variables = from_torch_state_dict(state_dict, arch.model, arch.stem, arch.width,

@@ -23,7 +23,7 @@ from resnet_jax.data import pipeline
 from resnet_jax.models import ema
 from resnet_jax.train import profiling, signals, steps
 from resnet_jax.evaluation import evaluator
-from resnet_jax.interop import pretrained
+from resnet_jax.interop import hub, pretrained
 from resnet_jax.reporting import progress_bar, metric_log, timing
 from resnet_jax.errors import NonFiniteLossError, Stopped, UserError
 from resnet_jax.models import build
@@ -60,7 +60,8 @@ class Trainer:
     workdirs.check(self.workdir, config)
     self.mesh = sharding.create_mesh()
     # Before the data: a missing or damaged init_checkpoint fails without the wait.
-    init_checkpoint = (restore.load_variables(config.init_checkpoint)
+    # A published name (torchvision:resnet50) is downloaded and converted once, then cached.
+    init_checkpoint = (restore.load_variables(hub.resolve(config.init_checkpoint))
                        if config.init_checkpoint else None)
     training_data = self._load_data(config)
     self._create_state(init_checkpoint)
