@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from resnet_jax.errors import UserError
 from resnet_jax.interop import convert, export
 from tests.conftest import (import_timm, import_torchvision, randomize_torch_model,
                             relative_logit_difference)
@@ -89,3 +90,32 @@ def test_parameter_counts_match_timm(name):
   timm = import_timm()
   expected = sum(p.numel() for p in timm.create_model(name, pretrained=False).parameters())
   assert param_count(resnet.create_model(name, 1000, stem="imagenet")) == expected
+
+
+def test_a_block_type_the_family_lacks_is_named():
+  timm = import_timm()
+  state_dict = timm.create_model("ecaresnet50d", pretrained=False, num_classes=3).state_dict()
+  with pytest.raises(UserError) as info:
+    convert.from_torch_state_dict(state_dict)
+  message = str(info.value)
+  assert "\n" not in message
+  assert "ECA attention" in message and "layer1.0.se.conv.weight" in message
+
+
+def test_an_unknown_model_name_lists_the_known_ones():
+  net = reference_model("resnext50_32x4d", "torchvision")
+  with pytest.raises(UserError, match="unknown model 'resnext50'.*resnext50_32x4d.*seresnet50"):
+    convert.from_torch_state_dict(net.state_dict(), model="resnext50")
+  with pytest.raises(UserError, match="model='resnet50' was asked for but the weights hold "
+                                      "model='resnext50_32x4d'"):
+    convert.from_torch_state_dict(net.state_dict(), model="resnet50")
+
+
+def test_a_structure_no_model_has_is_described(tmp_path):
+  net = reference_model("resnext50_32x4d", "torchvision")
+  state_dict = {k: v for k, v in net.state_dict().items() if not k.startswith("layer4.2.")}
+  with pytest.raises(UserError) as info:
+    convert.from_torch_state_dict(state_dict)
+  assert "blocks per stage (3, 4, 6, 2), bottleneck blocks, 32 groups of 4 channels" in str(
+      info.value)
+  assert "resnet_jax has resnet18" in str(info.value)

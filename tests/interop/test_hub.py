@@ -220,3 +220,27 @@ def test_init_checkpoint_by_name_starts_fine_tuning(tmp_path, monkeypatch, cache
     assert run.state.params["fc"]["kernel"].shape[-1] == 10  # Head re-initialised for mock CIFAR.
   finally:
     run.close()
+
+
+def test_convert_export_and_predict_take_the_same_names(tmp_path, cache):
+  import subprocess
+  import sys
+  from PIL import Image
+  from tests.conftest import REPO
+  _tiny_timm_files(cache / "hf-hub" / "someone--tiny.test")  # Cached: no download.
+  env = {**os.environ, hub.CACHE_ENV: str(cache)}
+
+  def run(module, *args):
+    result = subprocess.run([sys.executable, "-m", f"resnet_jax.{module}", *args], cwd=REPO,
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+  assert "wrote resnet_tiny" in run("convert", "--torch_checkpoint=hf-hub:someone/tiny.test",
+                                    f"--output={tmp_path / 'converted'}")
+  _, config, _ = load_variables(str(tmp_path / "converted"))
+  assert config["class_names"] == [f"kind_{i}" for i in range(5)]
+  run("export", "--workdir=hf-hub:someone/tiny.test", f"--output={tmp_path / 'w.safetensors'}")
+  assert (tmp_path / "w.safetensors").stat().st_size > 0
+  Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "black.png")
+  assert "kind_" in run("predict", "--workdir=hf-hub:someone/tiny.test", str(tmp_path / "black.png"))
