@@ -119,3 +119,20 @@ def test_a_structure_no_model_has_is_described(tmp_path):
   assert "blocks per stage (3, 4, 6, 2), bottleneck blocks, 32 groups of 4 channels" in str(
       info.value)
   assert "resnet_jax has resnet18" in str(info.value)
+
+
+def test_the_resnext_finetune_config_names_a_family_member_and_its_weights():
+  import importlib.util
+  import os
+  from resnet_jax.config import configuration
+  from resnet_jax.models import resnet, zoo
+  from tests.conftest import REPO
+  spec = importlib.util.spec_from_file_location(
+      "finetune_resnext50", os.path.join(REPO, "configs", "finetune_resnext50.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  configuration.validate(config)  # A published name needs no path on disk.
+  assert config.model in resnet.MODELS and config.stem == "imagenet"
+  model, _, file_name = zoo.torchvision_weights(config.init_checkpoint.split(":", 1)[1])
+  assert model == config.model and file_name == "resnext50_32x4d-1a0047aa.pth"
