@@ -1,8 +1,10 @@
-"""Running a trained model without gradients: exact evaluation and prediction.
+"""Running a trained model: exact evaluation, prediction, backbone features and explanations.
 
 eval_steps.py: the compiled eval step over padded, masked batches.
 evaluator.py: one Evaluator for the training loop and `--mode=eval`.
 prediction.py: classifying image files and arrays with a checkpoint.
+features.py: the stage outputs (strides 4 to 32) of a checkpoint's network.
+explain.py: Grad-CAM heat maps of the top class over each picture.
 
 May import `data`, `models`, `checkpoints`, `config`, `sharding` and `errors`.
 """

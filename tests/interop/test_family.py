@@ -136,3 +136,18 @@ def test_the_resnext_finetune_config_names_a_family_member_and_its_weights():
   assert config.model in resnet.MODELS and config.stem == "imagenet"
   model, _, file_name = zoo.torchvision_weights(config.init_checkpoint.split(":", 1)[1])
   assert model == config.model and file_name == "resnext50_32x4d-1a0047aa.pth"
+
+
+@pytest.mark.parametrize("name, source", [("resnet50d", "timm"), ("wide_resnet50_2", "torchvision")])
+def test_the_printed_snippet_loads_the_export_strictly(tmp_path, name, source):
+  net = reference_model(name, source)
+  variables = convert.from_torch_state_dict(net.state_dict())
+  state_dict, arch = export.to_torch_state_dict(variables, {"model": name, "stem": "imagenet"})
+  output = str(tmp_path / "w.safetensors")
+  export.write_state_dict(state_dict, output)
+  namespace = {}
+  exec("\n".join(export.loading_snippet(arch, output)), namespace)  # Raises if not strict.
+  loaded = namespace["model"]
+  assert type(loaded).__module__.split(".")[0] == source
+  for key, value in net.state_dict().items():
+    assert loaded.state_dict()[key].equal(value) or key.endswith("num_batches_tracked"), key
