@@ -141,8 +141,8 @@ def resolve_architecture(state_dict: Mapping[str, Any], model: str | None = None
                     if f".{prefix}." in f".{key}"})
     what = f" ({'; '.join(kinds)})" if kinds else ""
     raise UserError(f"these weights hold a block type resnet_jax does not have{what}: "
-                    f"unknown keys: {', '.join(unsupported[:5])}; the family has basic and bottleneck blocks, "
-                    "grouped or wide bottlenecks (ResNeXt, Wide ResNet), squeeze-and-excitation "
+                    f"unknown keys: {', '.join(unsupported[:5])}; the family has basic and "
+                    "bottleneck blocks, grouped or wide bottlenecks (ResNeXt, Wide ResNet), squeeze-and-excitation "
                     "(se.fc1/se.fc2) and ResNet-D (deep stem, pooled shortcut)")
   inferred = infer_architecture(state_dict)
   if _has_deep_stem(state_dict) and stem is None:

@@ -49,8 +49,12 @@ def resolve(checkpoint: str) -> str:
   workdir = os.path.join(cache_dir(), "converted", _safe(checkpoint))
   if os.path.isdir(os.path.join(workdir, "checkpoints")):
     return workdir
-  os.makedirs(os.path.dirname(workdir), exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f".{_safe(checkpoint)}.", dir=os.path.dirname(workdir))
+  try:
+    os.makedirs(os.path.dirname(workdir), exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{_safe(checkpoint)}.", dir=os.path.dirname(workdir))
+  except OSError as e:
+    raise UserError(f"cannot write the cache {cache_dir()} ({e.strerror or e}): set "
+                    f"{CACHE_ENV} to a writable directory") from None
   try:
     convert_named(checkpoint, staging)
     try:

@@ -138,7 +138,8 @@ def test_the_resnext_finetune_config_names_a_family_member_and_its_weights():
   assert model == config.model and file_name == "resnext50_32x4d-1a0047aa.pth"
 
 
-@pytest.mark.parametrize("name, source", [("resnet50d", "timm"), ("wide_resnet50_2", "torchvision")])
+@pytest.mark.parametrize("name, source", [("resnet50d", "timm"),
+                                          ("wide_resnet50_2", "torchvision")])
 def test_the_printed_snippet_loads_the_export_strictly(tmp_path, name, source):
   net = reference_model(name, source)
   variables = convert.from_torch_state_dict(net.state_dict())

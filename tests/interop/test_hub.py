@@ -243,4 +243,12 @@ def test_convert_export_and_predict_take_the_same_names(tmp_path, cache):
   run("export", "--workdir=hf-hub:someone/tiny.test", f"--output={tmp_path / 'w.safetensors'}")
   assert (tmp_path / "w.safetensors").stat().st_size > 0
   Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "black.png")
-  assert "kind_" in run("predict", "--workdir=hf-hub:someone/tiny.test", str(tmp_path / "black.png"))
+  assert "kind_" in run("predict", "--workdir=hf-hub:someone/tiny.test",
+                        str(tmp_path / "black.png"))
+
+
+def test_a_cache_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+  (tmp_path / "a_file").write_text("")
+  monkeypatch.setenv(hub.CACHE_ENV, str(tmp_path / "a_file" / "cache"))
+  with pytest.raises(UserError, match="cannot write the cache .* set RESNET_JAX_CACHE"):
+    hub.resolve("torchvision:resnet18")
