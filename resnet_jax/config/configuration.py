@@ -105,6 +105,11 @@ def _validate_recipe(config: ml_collections.ConfigDict, devices: int) -> None:
   if not 0 <= config.ema_decay < 1:
     raise UserError(f"ema_decay must lie in [0, 1), got {config.ema_decay}: set "
                     "--config.ema_decay=0 (off) or a decay per step such as 0.999")
+  if not isinstance(config.ema_warmup, bool):
+    raise UserError(f"ema_warmup must be True or False, got {config.ema_warmup!r}")
+  if not config.ema_warmup_power > 0:
+    raise UserError(f"ema_warmup_power must be positive, got {config.ema_warmup_power}: set "
+                    "--config.ema_warmup_power=0.75 (timm's value for short runs)")
   if config.eval_tta not in TTA_MODES:
     raise UserError(f"unknown eval_tta {config.eval_tta!r}: use {', '.join(map(repr, TTA_MODES))}")
   accum = config.grad_accum_steps

@@ -75,6 +75,11 @@ def get_config() -> ml_collections.ConfigDict:
   # per micro-batch.
   config.grad_accum_steps = 1
   config.ema_decay = 0.0  # Per-step decay of a weight EMA (e.g. 0.999); 0: off. On: eval uses it.
+  # Warm the EMA decay up as timm's ModelEmaV3(use_warmup=True) does: after t steps the decay
+  # is min(ema_decay, 1 - (1 + t) ** -ema_warmup_power), so early weights fade fast. False:
+  # ema_decay from the first step (the average then starts with the initial weights).
+  config.ema_warmup = True
+  config.ema_warmup_power = 0.75  # timm's 3/4 for runs under ~100k steps; 2/3 for longer ones.
   config.half_precision = False  # bf16 compute; params and BN statistics stay float32.
   config.seed = 0
 

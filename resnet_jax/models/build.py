@@ -5,9 +5,12 @@ its serialisation leaves the EMA out when there is none, so checkpoints of
 runs without EMA keep the layout they always had.
 """
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -57,3 +60,28 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
 
 def smoothed_targets(labels: jax.Array, num_classes: int, label_smoothing: float) -> jax.Array:
   return optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+
+
+@contextlib.contextmanager
+def dropout_in_eval_mode() -> Iterator[None]:
+  """Inside, an apply with train=False still drops out: BatchNorm frozen, dropout on.
+
+  For head-only fine-tuning (freeze_backbone): the backbone runs as a fixed
+  feature extractor on its running statistics, while the head's
+  `dropout_rate` regularises as it does in full training. Each
+  `nn.Dropout` built deterministic is run as Flax's own dropout in training
+  mode with the rng it would draw.
+  """
+
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if (isinstance(module, nn.Dropout) and context.method_name == "__call__"
+        and module.deterministic and module.rate > 0):
+      key = module.make_rng(module.rng_collection)
+      # Built non-deterministic, this inner Dropout passes through the interceptor untouched.
+      return nn.Dropout(module.rate, deterministic=False, rng_collection=module.rng_collection
+                        ).apply({}, *args, rngs={module.rng_collection: key})
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(interceptor):
+    yield
