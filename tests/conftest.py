@@ -193,3 +193,22 @@ def write_image_folder(root, split: str = "train",
     Image.new("RGB", (8, 8)).save(os.path.join(class_dir, ".cache", "thumb.jpg"))
   os.makedirs(os.path.join(root, split, ".ipynb_checkpoints"), exist_ok=True)
   return sorted(class_names)
+
+
+def import_torchvision():
+  """torchvision's pure-Python parts (models, transforms.v2), or a skip saying what is missing.
+
+  The torchvision wheel here may be built for another torch: its C ops fail to
+  register, so the module that registers them is stubbed before the import.
+  """
+  import types
+  pytest.importorskip("torch", reason="needs PyTorch (the 'torch' extra)")
+  sys.modules.setdefault("torchvision._meta_registrations",
+                         types.ModuleType("torchvision._meta_registrations"))
+  return pytest.importorskip("torchvision", reason="needs torchvision (pip install torchvision)")
+
+
+def import_timm():
+  """timm (which imports torchvision), or a skip saying what is missing."""
+  import_torchvision()
+  return pytest.importorskip("timm", reason="needs timm (pip install timm --no-deps)")

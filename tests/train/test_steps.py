@@ -151,7 +151,9 @@ def test_linear_schedule_warms_up_then_decays_linearly_to_zero():
 def test_ema_is_the_hand_computed_average_after_three_steps():
   decay = 0.75  # Not 0.5, where decay and 1 - decay would be confused unnoticed.
   # Plain SGD, so that the update is -learning_rate x gradient and its norm checks grad_norm.
-  state, step, data, _ = setup(tiny_config(ema_decay=decay, momentum=0.0, weight_decay=0.0))
+  # Without warm-up: the flat decay of ema_warmup=False.
+  state, step, data, _ = setup(tiny_config(ema_decay=decay, ema_warmup=False, momentum=0.0,
+                                           weight_decay=0.0))
   weights = [copy({"params": state.params, "batch_stats": state.batch_stats})]
   assert jax.tree.all(jax.tree.map(np.array_equal, copy(state.ema), weights[0]))
   for _ in range(3):
