@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from resnet_jax.models import resnet
+from resnet_jax.models import build, resnet
 from resnet_jax.errors import UserError
 
 # Fields that fix the shape of the parameters or the meaning of the data: a
@@ -25,6 +25,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
                     f"{', '.join(resnet.MODELS)}")
   if config.stem not in resnet.STEMS:
     raise UserError(f"unknown stem {config.stem!r}: set --config.stem to 'cifar' or 'imagenet'")
+  if config.get("conv_init", "torchvision") not in build.CONV_INITS:
+    raise UserError(f"unknown conv_init {config.conv_init!r}: set --config.conv_init to "
+                    f"{' or '.join(map(repr, build.CONV_INITS))}")
   if config.width <= 0:
     raise UserError(f"width must be positive, got {config.width}: set --config.width=64")
   if config.batch_size <= 0:

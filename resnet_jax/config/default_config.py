@@ -53,6 +53,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.width = 64  # Base channel count.
   config.zero_init_residual = False  # Zero the last BN scale of each residual branch.
   config.dropout_rate = 0.0  # Dropout before the classifier.
+  # "torchvision": kaiming-normal (fan-out) convolutions, as torchvision's ResNet; "pytorch":
+  # convolutions and classifier as torch.nn's defaults, kaiming-uniform a=sqrt(5), i.e.
+  # U(+-1/sqrt(fan_in)) (what a ResNet written with plain nn.Conv2d/nn.Linear starts from).
+  config.conv_init = "torchvision"
 
   # Optimisation.
   config.batch_size = 128  # Global, over all devices.

@@ -11,9 +11,11 @@ from typing import Any
 
 import flax
 import flax.linen as nn
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import serialization
 from flax.training import train_state
@@ -33,6 +35,31 @@ class TrainState(train_state.TrainState):
 # keep the layout they had before it existed, and either resumes the other.
 serialization.register_serialization_state(TrainState, ema_lib.state_to_dict,
                                            ema_lib.state_from_dict, override=True)
+
+
+CONV_INITS = ("torchvision", "pytorch")
+
+
+def pytorch_default_init(params: Any, key: jax.Array) -> Any:
+  """params with every conv kernel and the classifier drawn as torch.nn's reset_parameters does.
+
+  torch.nn.Conv2d and nn.Linear draw weights by kaiming_uniform_(a=sqrt(5)),
+  i.e. U(-b, b) with b = gain x sqrt(3 / fan_in), gain = sqrt(2 / (1 + 5)): b =
+  1 / sqrt(fan_in); Linear's bias from U(-1/sqrt(fan_in), 1/sqrt(fan_in)). Flax's
+  kernels are HWIO (conv) and IO (dense): fan_in is every axis but the last.
+  BatchNorm keeps scale 1 and bias 0, as in torch.
+  """
+  flat = flax.traverse_util.flatten_dict(params)
+  fan_in = {path[:-1]: int(np.prod(value.shape[:-1])) for path, value in flat.items()
+            if path[-1] == "kernel"}
+  out = {}
+  for i, (path, value) in enumerate(sorted(flat.items())):
+    if path[-1] in ("kernel", "bias") and path[:-1] in fan_in:
+      bound = 1.0 / np.sqrt(fan_in[path[:-1]])
+      value = jax.random.uniform(jax.random.fold_in(key, i), value.shape, value.dtype,
+                                 -bound, bound)
+    out[path] = value
+  return flax.traverse_util.unflatten_dict(out)
 
 
 def compute_dtype(config: ml_collections.ConfigDict):

@@ -24,7 +24,7 @@ from resnet_jax.data import augment
 from resnet_jax.interop import pretrained
 from resnet_jax.models import ema as ema_lib, resnet
 from resnet_jax.models.build import (TrainState, compute_dtype, dropout_in_eval_mode,
-                                    model_input_shape, smoothed_targets)
+                                    model_input_shape, pytorch_default_init, smoothed_targets)
 from resnet_jax.sharding import DATA_AXIS, batch_sharded, replicated
 from resnet_jax.train import xla_cpu
 
@@ -80,9 +80,22 @@ def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
 
 
 def init_variables_fn(config: ml_collections.ConfigDict, model: resnet.ResNet) -> Callable[[], Any]:
-  """A function returning the model's freshly initialised variables."""
+  """A function returning the model's freshly initialised variables.
+
+  conv_init "torchvision": the model's own initialisers (kaiming-normal fan-out
+  convolutions, as torchvision's ResNet); "pytorch": convolutions and the
+  classifier redrawn as torch.nn's defaults (`build.pytorch_default_init`).
+  """
   dummy = jnp.zeros((1, *model_input_shape(config)), compute_dtype(config))
-  return lambda: model.init(jax.random.key(config.seed), dummy, train=False)
+
+  def init() -> Any:
+    variables = model.init(jax.random.key(config.seed), dummy, train=False)
+    if config.get("conv_init", "torchvision") == "pytorch":
+      key = jax.random.fold_in(jax.random.key(config.seed), 6)
+      variables = {**variables, "params": pytorch_default_init(variables["params"], key)}
+    return variables
+
+  return init
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: resnet.ResNet,
