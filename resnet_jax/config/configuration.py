@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from resnet_jax.models import resnet, zoo
+from resnet_jax.models import build, resnet, zoo
 from resnet_jax.errors import UserError
 
 # Fields that fix the shape of the parameters or the meaning of the data: a
@@ -25,6 +25,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
                     f"{', '.join(resnet.MODELS)}")
   if config.stem not in resnet.STEMS:
     raise UserError(f"unknown stem {config.stem!r}: set --config.stem to 'cifar' or 'imagenet'")
+  if config.get("conv_init", "torchvision") not in build.CONV_INITS:
+    raise UserError(f"unknown conv_init {config.conv_init!r}: set --config.conv_init to "
+                    f"{' or '.join(map(repr, build.CONV_INITS))}")
   if config.width <= 0:
     raise UserError(f"width must be positive, got {config.width}: set --config.width=64")
   if config.batch_size <= 0:
@@ -107,6 +110,11 @@ def _validate_recipe(config: ml_collections.ConfigDict, devices: int) -> None:
   if not 0 <= config.ema_decay < 1:
     raise UserError(f"ema_decay must lie in [0, 1), got {config.ema_decay}: set "
                     "--config.ema_decay=0 (off) or a decay per step such as 0.999")
+  if not isinstance(config.ema_warmup, bool):
+    raise UserError(f"ema_warmup must be True or False, got {config.ema_warmup!r}")
+  if not config.ema_warmup_power > 0:
+    raise UserError(f"ema_warmup_power must be positive, got {config.ema_warmup_power}: set "
+                    "--config.ema_warmup_power=0.75 (timm's value for short runs)")
   if config.eval_tta not in TTA_MODES:
     raise UserError(f"unknown eval_tta {config.eval_tta!r}: use {', '.join(map(repr, TTA_MODES))}")
   accum = config.grad_accum_steps

@@ -53,6 +53,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.width = 64  # Base channel count.
   config.zero_init_residual = False  # Zero the last BN scale of each residual branch.
   config.dropout_rate = 0.0  # Dropout before the classifier.
+  # "torchvision": kaiming-normal (fan-out) convolutions, as torchvision's ResNet; "pytorch":
+  # convolutions and classifier as torch.nn's defaults, kaiming-uniform a=sqrt(5), i.e.
+  # U(+-1/sqrt(fan_in)) (what a ResNet written with plain nn.Conv2d/nn.Linear starts from).
+  config.conv_init = "torchvision"
 
   # Optimisation.
   config.batch_size = 128  # Global, over all devices.
@@ -75,6 +79,11 @@ def get_config() -> ml_collections.ConfigDict:
   # per micro-batch.
   config.grad_accum_steps = 1
   config.ema_decay = 0.0  # Per-step decay of a weight EMA (e.g. 0.999); 0: off. On: eval uses it.
+  # Warm the EMA decay up as timm's ModelEmaV3(use_warmup=True) does: after t steps the decay
+  # is min(ema_decay, 1 - (1 + t) ** -ema_warmup_power), so early weights fade fast. False:
+  # ema_decay from the first step (the average then starts with the initial weights).
+  config.ema_warmup = True
+  config.ema_warmup_power = 0.75  # timm's 3/4 for runs under ~100k steps; 2/3 for longer ones.
   config.half_precision = False  # bf16 compute; params and BN statistics stay float32.
   config.seed = 0
 

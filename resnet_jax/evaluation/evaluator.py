@@ -52,16 +52,26 @@ class Evaluator:
     """Metrics of the state's EMA weights where it keeps them, else of its raw weights.
 
     `eval_weights` ("ema" or "raw") and `eval_tta` say what was measured.
+    With EMA, `eval_accuracy_raw` and `eval_loss_raw` give the raw weights'
+    figures beside them, so that an average lagging behind training shows.
     """
-    state, weights = ema.for_eval(state)
+    evaluated, weights = ema.for_eval(state)
     described = {"eval_weights": weights, "eval_tta": self.config.eval_tta}
+    metrics = {**self._metrics(evaluated), **described}
+    if weights == "ema":
+      raw = self._metrics(state)
+      metrics.update(eval_accuracy_raw=raw["eval_accuracy"], eval_loss_raw=raw["eval_loss"])
+    return metrics
+
+  def _metrics(self, state: build.TrainState) -> dict[str, Any]:
+    """Metrics of the state's own params and batch_stats."""
     if self.data is not None:
-      return {**summarize(jax.device_get(self._evaluate(state, self.data))), **described}
+      return summarize(jax.device_get(self._evaluate(state, self.data)))
     totals = jax.device_put(eval_steps.zero_eval_totals(self.config.num_classes),
                             sharding.replicated(self.mesh))
     for batch in pipeline.stream_eval_batches(self.config, self.source, self.mesh):
       totals = self._accumulate(state, batch, totals)
-    return {**summarize(jax.device_get(totals)), **described}
+    return summarize(jax.device_get(totals))
 
 
 def summarize(totals: Mapping[str, Any]) -> dict[str, Any]:
@@ -150,11 +160,14 @@ def evaluate_workdir(workdir: str, requested: ml_collections.ConfigDict | None =
 
 
 def describe_weights(metrics: Mapping[str, Any]) -> str:
-  """The note after an accuracy, such as " (EMA weights, flip TTA)"; "" for raw weights alone."""
+  """The note after an accuracy, such as " (EMA weights, flip TTA; raw weights 88.10%)"."""
   parts = ["EMA weights"] if metrics.get("eval_weights") == "ema" else []
   if metrics.get("eval_tta", "none") != "none":
     parts.append(f"{metrics['eval_tta']} TTA")
-  return f" ({', '.join(parts)})" if parts else ""
+  note = ", ".join(parts)
+  if metrics.get("eval_accuracy_raw") is not None:
+    note += f"; raw weights {100 * metrics['eval_accuracy_raw']:.2f}%"
+  return f" ({note})" if note else ""
 
 
 def format_eval(result: dict) -> str:

@@ -2,9 +2,15 @@
 
 With `config.ema_decay > 0` the train state carries `ema = {"params": ...,
 "batch_stats": ...}`, a copy of the weights that every step moves
-`1 - ema_decay` of the way towards the new ones (BatchNorm's running
+`1 - decay_t` of the way towards the new ones (BatchNorm's running
 statistics included, so the averaged network has statistics that match
-it). It is saved as `state["ema"]` in each checkpoint and restored with the
+it). With `config.ema_warmup` (the default) the decay warms up as timm's
+`ModelEmaV3(use_warmup=True, warmup_gamma=1)` does it: at the update after
+t earlier steps, decay_t = min(ema_decay, 1 - (1 + t) ** -ema_warmup_power),
+so the first update copies the weights and the initial ones are forgotten
+early (a plain 0.999 would still hold 0.999^936 = 39% of them after two
+short epochs). timm's step counter is the optimizer steps done, t + 1, and it
+subtracts one; `warmup_power` 3/4 is its suggestion below ~100k steps. It is saved as `state["ema"]` in each checkpoint and restored with the
 rest, so a resumed run continues the same average. Evaluation, `--mode=eval`,
 predict, export and fine-tuning then use these weights.
 
@@ -18,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 from absl import logging
 from flax import serialization
@@ -32,7 +39,19 @@ def init(params: Any, batch_stats: Any) -> dict:
   return jax.tree.map(lambda x: x.copy(), {"params": params, "batch_stats": batch_stats})
 
 
-def update(ema: Mapping[str, Any], params: Any, batch_stats: Any, decay: float) -> dict:
+def decay_at(step: jax.Array | int, decay: float, warmup_power: float | None) -> jax.Array:
+  """The decay of the update after `step` earlier steps: timm ModelEmaV3's warm-up, or flat.
+
+  warmup_power None: no warm-up, `decay` at every step.
+  """
+  if warmup_power is None:
+    return jnp.asarray(decay, jnp.float32)
+  warm = 1.0 - (1.0 + jnp.asarray(step, jnp.float32)) ** -warmup_power
+  return jnp.minimum(jnp.float32(decay), warm)
+
+
+def update(ema: Mapping[str, Any], params: Any, batch_stats: Any,
+           decay: float | jax.Array) -> dict:
   """ema <- decay * ema + (1 - decay) * weights, leaf by leaf."""
   # optax.ema would average the optimizer's updates; incremental_update averages the weights.
   return optax.incremental_update({"params": params, "batch_stats": batch_stats}, dict(ema),

@@ -8,6 +8,7 @@ replicated, and BatchNorm statistics are taken over the global batch.
 Everything it needs is read from the resolved config.
 """
 
+import contextlib
 import functools
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -22,7 +23,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from resnet_jax.data import augment
 from resnet_jax.interop import pretrained
 from resnet_jax.models import ema as ema_lib, resnet
-from resnet_jax.models.build import TrainState, compute_dtype, model_input_shape, smoothed_targets
+from resnet_jax.models.build import (TrainState, compute_dtype, dropout_in_eval_mode,
+                                    model_input_shape, pytorch_default_init, smoothed_targets)
 from resnet_jax.sharding import DATA_AXIS, batch_sharded, replicated
 from resnet_jax.train import xla_cpu
 
@@ -78,9 +80,22 @@ def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
 
 
 def init_variables_fn(config: ml_collections.ConfigDict, model: resnet.ResNet) -> Callable[[], Any]:
-  """A function returning the model's freshly initialised variables."""
+  """A function returning the model's freshly initialised variables.
+
+  conv_init "torchvision": the model's own initialisers (kaiming-normal fan-out
+  convolutions, as torchvision's ResNet); "pytorch": convolutions and the
+  classifier redrawn as torch.nn's defaults (`build.pytorch_default_init`).
+  """
   dummy = jnp.zeros((1, *model_input_shape(config)), compute_dtype(config))
-  return lambda: model.init(jax.random.key(config.seed), dummy, train=False)
+
+  def init() -> Any:
+    variables = model.init(jax.random.key(config.seed), dummy, train=False)
+    if config.get("conv_init", "torchvision") == "pytorch":
+      key = jax.random.fold_in(jax.random.key(config.seed), 6)
+      variables = {**variables, "params": pytorch_default_init(variables["params"], key)}
+    return variables
+
+  return init
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: resnet.ResNet,
@@ -113,8 +128,8 @@ def run_unoptimized(fn: Callable[[], Any], out_shardings: Any = None) -> Any:
 
 
 def train_step(state: TrainState, batch: Batch, *, schedule: optax.Schedule,
-               dropout_key: jax.Array, grad_accum_steps: int,
-               ema_decay: float) -> tuple[TrainState, Metrics]:
+               dropout_key: jax.Array, grad_accum_steps: int, ema_decay: float,
+               ema_warmup_power: float | None = None) -> tuple[TrainState, Metrics]:
   """One optimizer step on a preprocessed batch; returns the new state and batch means.
 
   `batch["target"]` holds soft labels (one-hot, smoothed, perhaps mixed);
@@ -122,15 +137,20 @@ def train_step(state: TrainState, batch: Batch, *, schedule: optax.Schedule,
   target (its dominant label). With grad_accum_steps = k > 1 the arrays
   come split as [k, batch / k, ...]: the micro-batches run in turn, each
   normalised by its own BatchNorm statistics and updating the running ones,
-  and their mean gradient makes the one update.
+  and their mean gradient makes the one update. The weight EMA (if any)
+  moves with `ema.decay_at(state.step, ema_decay, ema_warmup_power)`.
   """
   dropout_key = jax.random.fold_in(dropout_key, state.step)
-  # A frozen backbone runs as a fixed feature extractor: BN uses its running statistics.
+  # A frozen backbone runs as a fixed feature extractor: BN uses its running statistics,
+  # while the head's dropout stays on as in full training.
   train = not state.frozen_backbone
+  dropout_mode = contextlib.nullcontext if train else dropout_in_eval_mode
 
   def loss_fn(params, batch_stats, images, targets, key):
-    logits, updates = state.apply_fn({"params": params, "batch_stats": batch_stats}, images,
-                                     train=train, mutable=["batch_stats"], rngs={"dropout": key})
+    with dropout_mode():
+      logits, updates = state.apply_fn({"params": params, "batch_stats": batch_stats}, images,
+                                       train=train, mutable=["batch_stats"],
+                                       rngs={"dropout": key})
     loss = optax.softmax_cross_entropy(logits, targets).mean()
     accuracy = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1))
     return loss, (accuracy, updates.get("batch_stats", batch_stats))
@@ -154,8 +174,9 @@ def train_step(state: TrainState, batch: Batch, *, schedule: optax.Schedule,
     loss, accuracy = jnp.mean(losses), jnp.mean(accuracies)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   if state.ema is not None:
+    decay = ema_lib.decay_at(state.step, ema_decay, ema_warmup_power)
     new_state = new_state.replace(ema=ema_lib.update(state.ema, new_state.params,
-                                                     new_state.batch_stats, ema_decay))
+                                                     new_state.batch_stats, decay))
   update = jax.tree.map(jnp.subtract, new_state.params, state.params)
   metrics = {"train_loss": loss, "train_accuracy": accuracy,
              "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
@@ -194,7 +215,9 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
   data_key, augment_key, dropout_key, cutout_key, mix_key = (
       jax.random.fold_in(root, i) for i in range(1, 6))
   step_fn = functools.partial(train_step, schedule=schedule, dropout_key=dropout_key,
-                              grad_accum_steps=num_micro, ema_decay=config.ema_decay)
+                              grad_accum_steps=num_micro, ema_decay=config.ema_decay,
+                              ema_warmup_power=(config.ema_warmup_power if config.ema_warmup
+                                                else None))
 
   def step(state: TrainState, data: Batch) -> tuple[TrainState, Metrics]:
     if streamed:

@@ -92,3 +92,50 @@ def test_flip_translate_views_are_the_six_of_airbench():
   np.testing.assert_array_equal(views[2][1][:, 1:, 1:], x[:, :-1, :-1])  # Shifted down-right.
   np.testing.assert_array_equal(views[4][1][:, :-1, :-1], x[:, 1:, 1:])  # Shifted up-left.
   np.testing.assert_array_equal(views[5][1], np.asarray(views[4][1])[:, :, ::-1])
+
+
+def test_tta_matches_airbench_infer_for_every_level():
+  """airbench's `infer` (tta_level 1: infer_mirror; 2: infer_mirror_translate), written here in
+  PyTorch from its code: mirror = flip(-1) of NCHW; translate = F.pad(x, (1,)*4, 'reflect')
+  cropped at [0:H, 0:W] and [2:H+2, 2:W+2]; 0.5 x mirror(x) + 0.5 x mean of mirror(each shift)."""
+  torch = pytest.importorskip("torch", reason="needs PyTorch (the 'torch' extra)")
+  import torch.nn.functional as F
+  rng = np.random.default_rng(0)
+  images_BHWC = rng.normal(size=(3, 6, 5, 2)).astype(np.float32)  # H != W: no swapped axes.
+  weights = rng.normal(size=(6 * 5 * 2, 4)).astype(np.float32)
+
+  def net_torch(x_NCHW):  # Non-linear, so that each view's weight shows.
+    flat = x_NCHW.permute(0, 2, 3, 1).reshape(x_NCHW.shape[0], -1)
+    return torch.tanh(flat @ torch.from_numpy(weights))
+
+  def net_jax(x_BHWC):
+    return jnp.tanh(x_BHWC.reshape(x_BHWC.shape[0], -1) @ weights)
+
+  def infer_mirror(inputs, net):
+    return 0.5 * net(inputs) + 0.5 * net(inputs.flip(-1))
+
+  def infer_mirror_translate(inputs, net):
+    logits = infer_mirror(inputs, net)
+    padded = F.pad(inputs, (1,) * 4, "reflect")
+    height, width = inputs.shape[2:]
+    translated = [padded[:, :, 0:height, 0:width], padded[:, :, 2:height + 2, 2:width + 2]]
+    logits_translate = torch.stack([infer_mirror(t, net) for t in translated]).mean(0)
+    return 0.5 * logits + 0.5 * logits_translate, translated
+
+  x = torch.from_numpy(images_BHWC.transpose(0, 3, 1, 2))
+  expected_flip = infer_mirror(x, net_torch).numpy()
+  expected_six, translated = infer_mirror_translate(x, net_torch)
+  images = jnp.asarray(images_BHWC)
+  np.testing.assert_allclose(augment.tta_logits(net_jax, images, "flip"), expected_flip,
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(augment.tta_logits(net_jax, images, "flip_translate"),
+                             expected_six.numpy(), rtol=1e-5, atol=1e-6)
+  # Every view, borders included, against airbench's tensors.
+  views = [np.asarray(v) for _, v in augment.tta_views(images, "flip_translate")]
+  to_bhwc = lambda t: t.numpy().transpose(0, 2, 3, 1)
+  airbench_views = [x, x.flip(-1), translated[0], translated[0].flip(-1), translated[1],
+                    translated[1].flip(-1)]
+  for ours, theirs in zip(views, airbench_views):
+    np.testing.assert_array_equal(ours, to_bhwc(theirs))
+  # Reflection, not zeros nor edge copies: the shifted view's first row is the image's second.
+  np.testing.assert_array_equal(views[2][:, 0, 1:], images_BHWC[:, 1, :-1])

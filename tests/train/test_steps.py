@@ -151,7 +151,9 @@ def test_linear_schedule_warms_up_then_decays_linearly_to_zero():
 def test_ema_is_the_hand_computed_average_after_three_steps():
   decay = 0.75  # Not 0.5, where decay and 1 - decay would be confused unnoticed.
   # Plain SGD, so that the update is -learning_rate x gradient and its norm checks grad_norm.
-  state, step, data, _ = setup(tiny_config(ema_decay=decay, momentum=0.0, weight_decay=0.0))
+  # Without warm-up: the flat decay of ema_warmup=False.
+  state, step, data, _ = setup(tiny_config(ema_decay=decay, ema_warmup=False, momentum=0.0,
+                                           weight_decay=0.0))
   weights = [copy({"params": state.params, "batch_stats": state.batch_stats})]
   assert jax.tree.all(jax.tree.map(np.array_equal, copy(state.ema), weights[0]))
   for _ in range(3):
@@ -209,3 +211,76 @@ def test_grad_accumulation_equals_one_big_batch_step():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7),
                big, accumulated)
   assert accumulated_loss == pytest.approx(big_loss, rel=1e-5)
+
+
+def _direct_batch(config, n=16, seed=5, size=16):
+  """A preprocessed batch for steps.train_step: normalised images and one-hot targets."""
+  raw = synthetic_data(n, seed=seed, size=size)
+  images = augment.preprocess(raw["image"], (0.5,) * 3, (0.25,) * 3)
+  return {"image": images, "target": build.smoothed_targets(jnp.asarray(raw["label"]), 10, 0.0)}
+
+
+@pytest.mark.parametrize("dropout_rate", [0.0, 0.5])
+def test_frozen_backbone_keeps_head_dropout_and_frozen_batch_stats(dropout_rate):
+  """Head-only fine-tuning: BN on its running statistics (eval mode), dropout on."""
+  config = tiny_config(freeze_backbone=True, dropout_rate=dropout_rate)
+  state, _, _, _ = setup(config)
+  batch = _direct_batch(config)
+  schedule = steps.learning_rate_schedule(config, 4, 16)
+  before = copy({"params": state.params, "batch_stats": state.batch_stats})
+  logits_eval = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                               batch["image"], train=False)
+  loss_eval = float(optax.softmax_cross_entropy(logits_eval, batch["target"]).mean())
+  losses = []
+  for key in (0, 1):
+    new_state, metrics = steps.train_step(state, batch, schedule=schedule,
+                                          dropout_key=jax.random.key(key), grad_accum_steps=1,
+                                          ema_decay=0.0)
+    losses.append(float(metrics["train_loss"]))
+    after = copy({"params": new_state.params, "batch_stats": new_state.batch_stats})
+    assert jax.tree.all(jax.tree.map(np.array_equal, before["batch_stats"], after["batch_stats"]))
+    backbone = {k: v for k, v in after["params"].items() if k != "fc"}
+    assert jax.tree.all(jax.tree.map(np.array_equal,
+                                     {k: v for k, v in before["params"].items() if k != "fc"},
+                                     backbone))
+  if dropout_rate == 0.0:
+    assert losses[0] == pytest.approx(loss_eval, rel=1e-6) == losses[1]
+  else:  # Half the features dropped, at random: another loss, and another for another key.
+    assert abs(losses[0] - loss_eval) > 1e-3 and abs(losses[0] - losses[1]) > 1e-4
+
+
+def test_grad_accumulation_with_batchnorm_training_equals_micro_batches_one_by_one():
+  """BatchNorm in training mode: each micro-batch normalised by its own statistics, the running
+  statistics threaded from one micro-batch to the next, the mean gradient applied once. The
+  reference runs the micro-batches in a Python loop."""
+  num_micro = 4
+  config = tiny_config(grad_accum_steps=num_micro)
+  state, _, _, _ = setup(config)
+  batch = _direct_batch(config, n=16)
+  micro = {k: v.reshape(num_micro, 16 // num_micro, *v.shape[1:]) for k, v in batch.items()}
+  schedule = steps.learning_rate_schedule(config, 4, 16)
+  dropout_key = jax.random.key(0)
+  ours, metrics = steps.train_step(jax.tree.map(jnp.copy, state), micro, schedule=schedule,
+                                   dropout_key=dropout_key, grad_accum_steps=num_micro,
+                                   ema_decay=0.0)
+
+  def loss_fn(params, batch_stats, images, targets):
+    logits, updates = state.apply_fn({"params": params, "batch_stats": batch_stats}, images,
+                                     train=True, mutable=["batch_stats"])
+    return optax.softmax_cross_entropy(logits, targets).mean(), updates["batch_stats"]
+
+  batch_stats, grads, losses = state.batch_stats, [], []
+  for j in range(num_micro):
+    (loss, batch_stats), grad = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, batch_stats, micro["image"][j], micro["target"][j])
+    grads.append(grad)
+    losses.append(float(loss))
+  mean_grad = jax.tree.map(lambda *g: sum(g) / num_micro, *grads)
+  reference = state.apply_gradients(grads=mean_grad, batch_stats=batch_stats)
+  for name in ("params", "batch_stats"):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6),
+                 copy(getattr(reference, name)), copy(getattr(ours, name)))
+  assert float(metrics["train_loss"]) == pytest.approx(np.mean(losses), rel=1e-6)
+  # Threaded, not restarted: the last micro-batch alone would give other running statistics.
+  _, alone = loss_fn(state.params, state.batch_stats, micro["image"][-1], micro["target"][-1])
+  assert not np.allclose(copy(alone)["bn1"]["mean"], copy(ours.batch_stats)["bn1"]["mean"])
