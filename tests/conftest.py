@@ -193,3 +193,16 @@ def write_image_folder(root, split: str = "train",
     Image.new("RGB", (8, 8)).save(os.path.join(class_dir, ".cache", "thumb.jpg"))
   os.makedirs(os.path.join(root, split, ".ipynb_checkpoints"), exist_ok=True)
   return sorted(class_names)
+
+
+def import_torchvision():
+  """torchvision's pure-Python parts (models, transforms.v2), or a skip saying what is missing.
+
+  Its C ops are built for another torch than the CPU one installed beside it;
+  a stub for the module that registers them lets the rest import.
+  """
+  import types
+  pytest.importorskip("torch", reason="the reference needs PyTorch (the 'torch' extra)")
+  sys.modules.setdefault("torchvision._meta_registrations",
+                         types.ModuleType("torchvision._meta_registrations"))
+  return pytest.importorskip("torchvision", reason="the reference needs torchvision")
