@@ -115,6 +115,11 @@ def framing(height: int, width: int, out_height: int, out_width: int,
   return (new_h, new_w), (top, left)
 
 
+def cover_side(out_height: int, out_width: int, crop_fraction: float = 1.0) -> int:
+  """The shorter side a picture needs before `frame`: what a reduced decode must keep."""
+  return round(max(out_height, out_width) / crop_fraction)
+
+
 def frame(image: "Image.Image | np.ndarray", out_height: int, out_width: int,
           crop_fraction: float = 1.0, channels: int = 3) -> np.ndarray:
   """The eval and predict view of a picture: resized to cover, then centre-cropped, as uint8.

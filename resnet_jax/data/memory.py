@@ -80,11 +80,14 @@ def decode_source(source, size: "int | tuple[int, int]" = 0, crop_fraction: floa
   release the GIL.
   """
   indices = np.arange(len(source)) if indices is None else np.asarray(indices)
-  read_many = getattr(source, "read_many", None) or (lambda ids: [source[int(i)] for i in ids])
   size_hw = (size, size) if isinstance(size, int) else tuple(size)
+  # Decoded no larger than framing needs, as the stream pipeline and predict decode it.
+  max_side = images.cover_side(*size_hw, crop_fraction) if size else 0
+  read_many = getattr(source, "read_many", None) or (
+      lambda ids, _: [source[int(i)] for i in ids])
 
   def chunk(start: int) -> list[np.ndarray]:
-    rows = read_many(indices[start:start + DECODE_CHUNK].tolist())
+    rows = read_many(indices[start:start + DECODE_CHUNK].tolist(), max_side)
     return [images.frame(r["image"], *size_hw, crop_fraction) if size else
             np.asarray(r["image"], np.uint8) for r in rows]
 

@@ -20,7 +20,7 @@ import grain
 import numpy as np
 
 from resnet_jax.errors import UserError
-from resnet_jax.data.images import min_decode_side, random_resized_crop, resize_center_crop
+from resnet_jax.data.images import cover_side, min_decode_side, random_resized_crop, resize_center_crop
 
 TRAIN_CROPS = ("pad", "random_resized")
 
@@ -102,7 +102,8 @@ class _EvalExample(grain.transforms.Map):
     if index >= self.num_examples:
       return {"image": np.zeros((self.image_size, self.image_size, self.channels), np.uint8),
               "label": np.int32(0), "mask": np.float32(0)}
-    example = _read(self.source, index, round(self.image_size / self.crop_fraction))
+    example = _read(self.source, index,
+                    cover_side(self.image_size, self.image_size, self.crop_fraction))
     image = resize_center_crop(example["image"], self.image_size, self.crop_fraction)
     return {"image": image, "label": np.int32(example["label"]), "mask": np.float32(1)}
 

@@ -229,8 +229,9 @@ class TfdsSource:
       image = decode_bytes(image, self.channels)
     return {"image": np.asarray(image, np.uint8), "label": np.int32(example["label"])}
 
-  def read_many(self, indices: Sequence[int]) -> list[dict]:
-    """Examples at `indices`, in one batched read where the files allow it."""
+  def read_many(self, indices: Sequence[int], max_side: int = 0) -> list[dict]:
+    """Examples at `indices`, in one batched read where the files allow it; max_side unused."""
+    del max_side
     if not self._batched_reads:
       return [self.read(int(i)) for i in indices]
     return [self._example(row) for row in self._encoded.__getitems__([int(i) for i in indices])]

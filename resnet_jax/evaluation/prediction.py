@@ -157,7 +157,7 @@ def _decode_framed(path: str, height: int, width: int, channels: int,
     image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
     return images.frame(image, height, width, crop_fraction, channels)
   # JPEG only: decoded at 1/2, 1/4 or 1/8 scale where that still covers the crop.
-  min_side = math.ceil(max(height, width) / crop_fraction)
+  min_side = images.cover_side(height, width, crop_fraction)
   with images.open_image(path, min_side, lambda w, h: _check_size(path, w, h)) as image:
     return images.frame(image, height, width, crop_fraction, channels)
 
