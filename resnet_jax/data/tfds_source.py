@@ -170,8 +170,7 @@ class TfdsSource:
     data_dir = data_dir or default_data_dir()
     self.name, self.split = name, split
     mocked = is_mocked()
-    if not mocked:
-      check_split_syntax(name, split)  # Before anything is downloaded.
+    check_split_syntax(name, split)  # Before anything is downloaded.
     builder = prepare_tfds(name, data_dir, manual_dir)
     if not mocked:
       builder = self._readable_builder(builder, name, data_dir, manual_dir)
@@ -182,10 +181,15 @@ class TfdsSource:
       # and labels read without decoding at all (mock data cannot skip decoding).
       self._encoded = self._data if mocked else builder.as_data_source(
           split=split, decoders={"image": tfds.decode.SkipDecoding()})
+      num_examples = len(self._data)  # A reversed slice such as train[5:2] fails only here.
     except (ValueError, KeyError, AssertionError) as e:
-      raise UserError(f"split {split!r} of {name} is not valid ({_first_line(e)}): "
-                      f"{SPLIT_HINT}") from None
-    if len(self._data) == 0:
+      if "0 length" in str(e):  # What TFDS says of a slice that selects nothing.
+        num_examples = 0
+      else:
+        raise UserError(f"split {split!r} of {name} is not valid ({_first_line(e)}): "
+                        f"{SPLIT_HINT}, naming one of its splits "
+                        f"({', '.join(sorted(builder.info.splits))})") from None
+    if num_examples == 0:
       raise UserError(f"split {split!r} of {name} is empty: choose a split that holds examples")
     self.class_names: list[str] = list(features["label"].names)
     self.num_classes: int = int(features["label"].num_classes)
