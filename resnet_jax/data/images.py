@@ -115,6 +115,13 @@ def framing(height: int, width: int, out_height: int, out_width: int,
   return (new_h, new_w), (top, left)
 
 
+def eval_crop_fraction(config) -> float:
+  """The centre-crop fraction eval and predict frame pictures with (a config or its dict)."""
+  if config.get("eval_crop_fraction"):
+    return float(config["eval_crop_fraction"])
+  return 0.875 if config.get("train_crop") == "random_resized" else 1.0
+
+
 def cover_side(out_height: int, out_width: int, crop_fraction: float = 1.0) -> int:
   """The shorter side a picture needs before `frame`: what a reduced decode must keep."""
   return round(max(out_height, out_width) / crop_fraction)

@@ -142,8 +142,7 @@ def load_dataset(config) -> Dataset:
   train, meta = load_split(config.dataset, config.train_split, config.data_dir,
                            config.manual_dir, size)
   eval_size = size or train.images.shape[1]
-  eval_, eval_meta = load_split(config.dataset, config.eval_split, config.data_dir,
-                                config.manual_dir, eval_size)
+  eval_, eval_meta = load_eval_split(config, (eval_size, eval_size))
   if folder and eval_meta["class_names"] != meta["class_names"]:
     raise UserError(f"the class folders of {config.eval_split!r} ({len(eval_meta['class_names'])}) "
                     f"differ from those of {config.train_split!r} "
@@ -153,6 +152,17 @@ def load_dataset(config) -> Dataset:
   check_normalisation(config, mean, std, train.images.shape[-1])
   num_classes = config.num_classes or meta["num_classes"]
   return Dataset(config.dataset, train, eval_, num_classes, meta["class_names"], mean, std)
+
+
+def load_eval_split(config, size_hw: tuple[int, int]) -> tuple[Split, dict]:
+  """The eval split framed to size_hw at the eval crop fraction, as the stream pipeline frames it."""
+  fraction = images.eval_crop_fraction(config)
+  split, meta = load_split(config.dataset, config.eval_split, config.data_dir, config.manual_dir,
+                           size_hw, fraction)
+  if not meta.get("framed") and (split.images.shape[1:3] != tuple(size_hw) or fraction != 1.0):
+    # A TFDS split at its own size (cached): framed here, once.
+    split.images = np.stack([images.frame(image, *size_hw, fraction) for image in split.images])
+  return split, meta
 
 
 def check_normalisation(config, mean, std, channels: int) -> None:

@@ -175,13 +175,7 @@ def open_eval_split(config: ml_collections.ConfigDict) -> "memory.Split | Any":
   """
   if eval_pipeline(config) == "stream":
     return open_source(config, config.eval_split)
-  size_hw, fraction = tuple(config.input_shape[:2]), eval_crop_fraction(config)
-  split, meta = memory.load_split(config.dataset, config.eval_split, config.data_dir,
-                                  config.manual_dir, size_hw, fraction)
-  if not meta.get("framed") and (split.images.shape[1:3] != size_hw or fraction != 1.0):
-    # A cached TFDS split at its own size: framed as a streamed run frames it.
-    split.images = np.stack([images.frame(image, *config.input_shape[:2], fraction)
-                             for image in split.images])
+  split, _ = memory.load_eval_split(config, tuple(config.input_shape[:2]))
   return split
 
 
@@ -244,18 +238,11 @@ class StreamTrainInput:
       self.stream.close()
 
 
-def eval_crop_fraction(config: "ml_collections.ConfigDict | dict") -> float:
-  """The centre-crop fraction eval and predict frame pictures with."""
-  if config.get("eval_crop_fraction"):
-    return float(config["eval_crop_fraction"])
-  return 0.875 if config.get("train_crop") == "random_resized" else 1.0
-
-
 def stream_eval_batches(config: ml_collections.ConfigDict, source, mesh: Mesh
                         ) -> Iterator[dict[str, jax.Array]]:
   """The eval split as padded, masked global batches, the same count on every process."""
   for local in streaming.eval_batches(
       source, global_batch_size=config.eval_batch_size, image_size=config.input_shape[0],
-      crop_fraction=eval_crop_fraction(config), process_index=jax.process_index(),
+      crop_fraction=images.eval_crop_fraction(config), process_index=jax.process_index(),
       process_count=jax.process_count(), workers=config.data_workers):
     yield global_batch(local, mesh)

@@ -42,7 +42,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from resnet_jax.data import augment, images, pipeline
+from resnet_jax.data import augment, images
 from resnet_jax.models import ema
 from resnet_jax.models import resnet
 from resnet_jax.checkpoints.restore import load_variables
@@ -115,7 +115,7 @@ def load_predictor(path: str, tta: str | None = None) -> Predictor:
 
   return Predictor(lambda batch: np.asarray(probabilities(variables, batch)),
                    (height, width, channels), names, weights, tta,
-                   pipeline.eval_crop_fraction(config))
+                   images.eval_crop_fraction(config))
 
 
 # Reading images --------------------------------------------------------------
