@@ -91,6 +91,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.data_workers < 0:
     raise UserError(f"data_workers must not be negative, got {config.data_workers}: set "
                     "--config.data_workers=0 (in-process) or the number of decoding processes")
+  most_workers = max(8, 4 * (os.cpu_count() or 1))  # Each is a process with its own memory.
+  if config.data_workers > most_workers:
+    raise UserError(f"data_workers is {config.data_workers}, more decoding processes than the "
+                    f"{os.cpu_count()} cores of this host can use: set --config.data_workers to "
+                    f"at most {most_workers} (about one per core is plenty)")
   if (config.init_checkpoint and not zoo.is_pretrained_name(config.init_checkpoint)
       and not os.path.exists(config.init_checkpoint)):
     raise UserError(f"init_checkpoint {config.init_checkpoint} does not exist: pass a workdir, "

@@ -1,11 +1,13 @@
 """From a dataset on disk to batches on the device, in the order the data flows.
 
 sources.py: every dataset (a TFDS dataset or an image folder) as a random-access source.
+tfds_source.py: TFDS preparation (download or manual_dir, ArrayRecord) and TfdsSource.
+images.py: one picture decoded, framed for eval and predict, or random-resized-cropped.
 memory.py: a source decoded whole, once, cached as .npz, held on every device.
 streaming.py: a source streamed through Grain workers, one process's rows of each batch.
 pipeline.py: which of the two a run uses, and the per-step input of each.
 augment.py: crops, flips, normalisation and mixing, on device inside the compiled step.
 
-May import `sharding` and `errors`; sources.py and streaming.py import no JAX,
+May import `sharding` and `errors`; sources, tfds_source, images and streaming import no JAX,
 so that Grain's worker processes start fast.
 """

@@ -1,25 +1,29 @@
-"""Data held in memory: TFDS image datasets loaded once as uint8 arrays.
+"""The memory pipeline: a source decoded whole, once, as uint8 arrays held on every device.
 
-`load_dataset` returns whole splits as numpy arrays (decoded once, then
-cached as .npz beside the TFDS data so later runs load in seconds and
-machines without TFDS can read them). Everything per step, batching by a
-per-epoch permutation, random crop, flip, resize and normalisation, runs on
-device inside the compiled step (`augment.py`).
+`load_split` decodes every example of a source (`sources.open_split`) with
+batched reads over a thread pool; a TFDS split is then cached as .npz beside
+the TFDS data, so later runs load in seconds and machines without TFDS can
+read it. Everything per step, batching by a per-epoch permutation, random
+crop, flip, resize and normalisation, runs on device inside the compiled step
+(`augment.py`).
 """
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
 import os
 import re
-import socket
 import zipfile
 
 import numpy as np
 
+from resnet_jax.data import images, sources, tfds_source
 from resnet_jax.errors import UserError
 
 CACHE_FORMAT = 1
+DECODE_CHUNK = 1024  # Examples per batched read.
+DECODE_THREADS = min(8, os.cpu_count() or 1)
 
 
 @dataclasses.dataclass
@@ -27,6 +31,7 @@ class Split:
   """One split of a dataset, whole, on the host."""
   images: np.ndarray  # uint8 [N, H, W, C]
   labels: np.ndarray  # int32 [N]
+  class_names: list[str] | None = None
 
 
 @dataclasses.dataclass
@@ -39,10 +44,6 @@ class Dataset:
   class_names: list[str]
   mean: tuple[float, ...]  # per channel, pixel values in [0, 1]
   std: tuple[float, ...]
-
-
-def default_data_dir() -> str:
-  return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
 
 
 def _cache_path(data_dir: str, dataset: str, split: str) -> str:
@@ -70,127 +71,98 @@ def _write_cache(path: str, split: Split, meta: dict) -> None:
   os.replace(tmp, path)  # Atomic: a killed run never leaves half a cache.
 
 
-def _network_reachable(host: str = "storage.googleapis.com", port: int = 443,
-                       timeout_s: float = 3.0) -> bool:
-  try:
-    socket.create_connection((host, port), timeout=timeout_s).close()
-    return True
-  except OSError:
-    return False
+def decode_source(source, size: "int | tuple[int, int]" = 0, crop_fraction: float = 1.0,
+                  indices: np.ndarray | None = None, threads: int = DECODE_THREADS) -> Split:
+  """The examples of a source (all, or those at `indices`) in order, framed to size when set.
+
+  `size` is a side or (height, width). Batched reads (`read_many`) in chunks
+  over a thread pool: Pillow's decode and resize, and ArrayRecord's reads,
+  release the GIL.
+  """
+  indices = np.arange(len(source)) if indices is None else np.asarray(indices)
+  size_hw = (size, size) if isinstance(size, int) else tuple(size)
+  # Decoded no larger than framing needs, as the stream pipeline and predict decode it.
+  max_side = images.cover_side(*size_hw, crop_fraction) if size else 0
+  read_many = getattr(source, "read_many", None) or (
+      lambda ids, _: [source[int(i)] for i in ids])
+
+  def chunk(start: int) -> list[np.ndarray]:
+    rows = read_many(indices[start:start + DECODE_CHUNK].tolist(), max_side)
+    return [images.frame(r["image"], *size_hw, crop_fraction) if size else
+            np.asarray(r["image"], np.uint8) for r in rows]
+
+  with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
+    decoded = [image for part in pool.map(chunk, range(0, len(indices), DECODE_CHUNK))
+               for image in part]
+  if len({image.shape for image in decoded}) > 1:
+    name = getattr(source, "name", "the dataset")
+    raise UserError(f"the images of {name} differ in size: set --config.image_size to hold them "
+                    "in memory at one size, or --config.input_pipeline=stream")
+  return Split(np.stack(decoded), np.asarray(source.labels, np.int32)[indices],
+               list(source.class_names))
 
 
-def _offline_message(dataset: str, data_dir: str) -> str:
-  return (f"dataset {dataset!r} is not prepared in {data_dir} and cannot be downloaded "
-          "(no network): copy its original archives (for cifar10, cifar-10-binary.tar.gz) "
-          "into a folder and pass --config.manual_dir=FOLDER, or point "
-          "--config.data_dir at a TFDS directory where it is already prepared")
+def load_split(dataset: str, split: str, data_dir: str = "", manual_dir: str = "",
+               size: "int | tuple[int, int]" = 0, crop_fraction: float = 1.0) -> tuple[Split, dict]:
+  """One split decoded whole as uint8 arrays, with its metadata (num_classes, class_names).
 
-
-def _tfds_builder(dataset: str, data_dir: str):
-  import tensorflow_datasets as tfds  # Lazy: cached arrays need no TFDS.
-  try:
-    return tfds.builder(dataset, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError:
-    raise UserError(f"unknown dataset {dataset!r}: use a TFDS image-classification "
-                    "dataset name such as cifar10, cifar100, fashion_mnist or svhn_cropped")
-
-
-def _prepare(builder, dataset: str, data_dir: str, manual_dir: str) -> None:
-  """Downloads (or takes from manual_dir) and prepares the dataset once."""
-  import tensorflow_datasets as tfds
-  if builder.is_prepared():
-    return
-  if manual_dir:
-    if not os.path.isdir(manual_dir):
-      raise UserError(f"manual_dir {manual_dir} does not exist: pass the folder that "
-                      f"holds {dataset}'s original archives")
-  online = _network_reachable()
-  if not manual_dir and not online:
-    raise UserError(_offline_message(dataset, data_dir))
-  if not online:
-    # TFDS retries a failed download 10 times with backoff (minutes); offline,
-    # an archive missing from manual_dir should fail at once instead.
-    from tensorflow_datasets.core.download import downloader
-    downloader.MAX_RETRIES = 0
-  download_config = tfds.download.DownloadConfig(
-      manual_dir=manual_dir or None, try_download_gcs=not manual_dir)
-  try:
-    builder.download_and_prepare(download_config=download_config)
-  except (tfds.core.download.download_manager.NonMatchingChecksumError,
-          AssertionError, FileNotFoundError, OSError) as e:
-    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    hint = (f"check that {manual_dir} holds {dataset}'s original, unmodified archives"
-            if manual_dir else _offline_message(dataset, data_dir))
-    raise UserError(f"could not prepare {dataset!r} ({first_line}): {hint}") from None
-
-
-def check_split_syntax(dataset: str, split: str) -> None:
-  """Refuses a malformed split string before anything is downloaded (mock data accepts any)."""
-  import tensorflow_datasets as tfds
-  try:
-    tfds.core.ReadInstruction.from_spec(split)
-  except (ValueError, AssertionError) as e:
-    raise UserError(f"split {split!r} of {dataset} is not valid ({str(e).splitlines()[-1]}): "
-                    "use a TFDS split string such as 'train', 'test' or 'train[:10%]'")
-
-
-def _decode_split(builder, split: str) -> Split:
-  import tensorflow_datasets as tfds
-  try:
-    ds = builder.as_dataset(split=split, batch_size=4096, shuffle_files=False)
-  except (ValueError, KeyError, AssertionError) as e:
-    raise UserError(f"split {split!r} of {builder.name} is not valid ({str(e).splitlines()[0]}): "
-                    f"use a TFDS split string such as 'train', 'test' or 'train[:10%]'")
-  images, labels = [], []
-  for chunk in tfds.as_numpy(ds):
-    images.append(np.asarray(chunk["image"], np.uint8))
-    labels.append(np.asarray(chunk["label"], np.int32))
-  if not images:
-    raise UserError(f"split {split!r} of {builder.name} is empty: choose a split that holds examples")
-  return Split(np.concatenate(images), np.concatenate(labels))
-
-
-def load_split(dataset: str, split: str, data_dir: str = "", manual_dir: str = "") -> tuple[Split, dict]:
-  """Returns one split as uint8 arrays and its metadata (num_classes, class_names)."""
-  data_dir = data_dir or default_data_dir()
-  path = _cache_path(data_dir, dataset, split)
-  cached = _read_cache(path)
+  An image folder is read afresh (its files may change) and framed to size x
+  size when size is set. A TFDS split keeps its own size unless its images
+  differ in size (then framed to size), and is cached as .npz beside the TFDS
+  data after the first decode.
+  """
+  data_dir = data_dir or tfds_source.default_data_dir()
+  folder = sources.is_folder(dataset)
+  path = None if folder else _cache_path(data_dir, dataset, split)
+  cached = _read_cache(path) if path else None
   if cached is not None:
+    cached[0].class_names = list(cached[1]["class_names"])
     return cached
-  check_split_syntax(dataset, split)
-  builder = prepare_tfds(dataset, data_dir, manual_dir)
-  features = builder.info.features
-  mocked = _is_mocked()
-  result = _decode_split(builder, split)
-  if result.images.ndim != 4:
-    raise UserError(f"dataset {dataset!r} has images of shape {result.images.shape[1:]}: "
-                    "images must all share one height, width and channel count")
-  meta = {"dataset": dataset, "split": split, "version": str(builder.info.version),
-          "num_classes": int(features["label"].num_classes),
-          "class_names": list(features["label"].names)}
-  if not mocked:
+  source = sources.open_split(dataset, split, data_dir, manual_dir)
+  if not folder and source.image_shape() is not None:
+    size = 0  # Cached at its own size; the device resizes to image_size.
+  result = decode_source(source, size, crop_fraction)
+  meta = {"dataset": dataset, "split": split, "version": getattr(source, "version", ""),
+          "num_classes": source.num_classes, "class_names": list(source.class_names)}
+  if size:
+    return result, {**meta, "framed": True}
+  if path and not tfds_source.is_mocked():
     _write_cache(path, result, meta)
   return result, meta
 
 
-def _is_mocked() -> bool:
-  """True inside tfds.testing.mock_data, whose random data must not be cached."""
-  import tensorflow_datasets as tfds
-  return tfds.core.DatasetBuilder.as_dataset.__module__ == "tensorflow_datasets.testing.mocking"
-
-
 def load_dataset(config) -> Dataset:
-  """Loads the train and eval splits named by the config."""
-  train, meta = load_split(config.dataset, config.train_split, config.data_dir, config.manual_dir)
-  eval_, _ = load_split(config.dataset, config.eval_split, config.data_dir, config.manual_dir)
-  if len(train.labels) == 0 or len(eval_.labels) == 0:
-    raise UserError(f"split {config.train_split!r} or {config.eval_split!r} of "
-                    f"{config.dataset} is empty: choose splits that hold examples")
+  """The train and eval splits named by the config, decoded whole.
+
+  A folder's images are framed to config.image_size as they load (a TFDS
+  dataset's only where its images differ in size; else the device resizes).
+  """
+  folder = sources.is_folder(config.dataset)
+  size = config.image_size
+  train, meta = load_split(config.dataset, config.train_split, config.data_dir,
+                           config.manual_dir, size)
+  eval_size = size or train.images.shape[1]
+  eval_, eval_meta = load_eval_split(config, (eval_size, eval_size))
+  if folder and eval_meta["class_names"] != meta["class_names"]:
+    raise UserError(f"the class folders of {config.eval_split!r} ({len(eval_meta['class_names'])}) "
+                    f"differ from those of {config.train_split!r} "
+                    f"({len(meta['class_names'])}): give both splits the same classes")
   mean, std = ((tuple(config.mean), tuple(config.std)) if config.mean
                else channel_stats(train.images))
   check_normalisation(config, mean, std, train.images.shape[-1])
   num_classes = config.num_classes or meta["num_classes"]
   return Dataset(config.dataset, train, eval_, num_classes, meta["class_names"], mean, std)
+
+
+def load_eval_split(config, size_hw: tuple[int, int]) -> tuple[Split, dict]:
+  """The eval split framed to size_hw at the eval crop fraction, as the stream pipeline frames it."""
+  fraction = images.eval_crop_fraction(config)
+  split, meta = load_split(config.dataset, config.eval_split, config.data_dir, config.manual_dir,
+                           size_hw, fraction)
+  if not meta.get("framed") and (split.images.shape[1:3] != tuple(size_hw) or fraction != 1.0):
+    # A TFDS split at its own size (cached): framed here, once.
+    split.images = np.stack([images.frame(image, *size_hw, fraction) for image in split.images])
+  return split, meta
 
 
 def check_normalisation(config, mean, std, channels: int) -> None:
@@ -201,7 +173,7 @@ def check_normalisation(config, mean, std, channels: int) -> None:
 
 def cached_shape(dataset: str, split: str, data_dir: str = "") -> tuple[tuple[int, ...], int] | None:
   """(image shape, example count) of a split decoded by an earlier run, without loading it."""
-  path = _cache_path(data_dir or default_data_dir(), dataset, split)
+  path = _cache_path(data_dir or tfds_source.default_data_dir(), dataset, split)
   try:
     with np.load(path, allow_pickle=False) as f:
       labels = f["labels"]
@@ -213,19 +185,6 @@ def cached_shape(dataset: str, split: str, data_dir: str = "") -> tuple[tuple[in
       return tuple(shape[1:]), len(labels)
   except (OSError, KeyError, ValueError, zipfile.BadZipFile):
     return None
-
-
-def prepare_tfds(dataset: str, data_dir: str = "", manual_dir: str = ""):
-  """The TFDS builder of dataset, downloaded (or taken from manual_dir) and prepared once."""
-  data_dir = data_dir or default_data_dir()
-  builder = _tfds_builder(dataset, data_dir)
-  features = builder.info.features
-  if "image" not in features or "label" not in features:
-    raise UserError(f"dataset {dataset!r} has features {sorted(features.keys())}, not 'image' "
-                    "and 'label': choose an image-classification dataset")
-  if not _is_mocked():
-    _prepare(builder, dataset, data_dir, manual_dir)
-  return builder
 
 
 def channel_stats(images_NHWC: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:

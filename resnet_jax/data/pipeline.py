@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from resnet_jax.data import memory, sources, streaming
+from resnet_jax.data import images, memory, sources, streaming
 from resnet_jax.errors import UserError
 from resnet_jax import sharding
 
@@ -94,45 +94,34 @@ def choose_pipeline(config: ml_collections.ConfigDict, shape: tuple[int, ...] | 
   return "stream"
 
 
-def _tfds_size(config: ml_collections.ConfigDict) -> tuple[tuple[int, ...] | None, int]:
-  """The train split's image shape (None if it varies) and example count, from TFDS's metadata."""
+def _train_size(config: ml_collections.ConfigDict) -> tuple[tuple[int, ...] | None, int]:
+  """The train split's image shape (None if it varies) and example count, without decoding it."""
   cached = memory.cached_shape(config.dataset, config.train_split, config.data_dir)
   if cached is not None:
     return cached
-  memory.check_split_syntax(config.dataset, config.train_split)
-  builder = memory.prepare_tfds(config.dataset, config.data_dir, config.manual_dir)
-  shape = tuple(builder.info.features["image"].shape)
-  try:
-    num_examples = builder.info.splits[config.train_split].num_examples
-  except (KeyError, ValueError):
-    num_examples = 0  # Unknown (mock data): decided by shape alone.
-  return (None if None in shape else shape), int(num_examples)
+  source = open_source(config, config.train_split)
+  return source.image_shape(), len(source)
+
+
+def open_source(config: ml_collections.ConfigDict, split: str):
+  """The random-access source of one split of config.dataset (a TFDS dataset prepared first)."""
+  return sources.open_split(config.dataset, split, config.data_dir, config.manual_dir)
 
 
 def open_training_data(config: ml_collections.ConfigDict) -> TrainingData:
   """Loads the train and eval splits the way config.input_pipeline (or the auto rule) says."""
-  folder = sources.is_folder(config.dataset)
-  if folder:
-    train_source = sources.open_split(config.dataset, config.train_split)
-    eval_source = sources.open_split(config.dataset, config.eval_split)
-    if eval_source.class_names != train_source.class_names:
-      raise UserError(f"the class folders of {config.eval_split!r} ({len(eval_source.class_names)}) "
-                      f"differ from those of {config.train_split!r} "
-                      f"({len(train_source.class_names)}): give both splits the same classes")
-    shape, num_examples = train_source.image_shape(), len(train_source)
-  else:
-    shape, num_examples = _tfds_size(config)
-  mode = choose_pipeline(config, shape, num_examples)
-  if mode == "memory":
-    dataset = (_decode_folder(config, train_source, eval_source) if folder
-               else memory.load_dataset(config))
+  shape, num_examples = _train_size(config)
+  if choose_pipeline(config, shape, num_examples) == "memory":
+    dataset = memory.load_dataset(config)
     return TrainingData(facts=_facts("memory", dataset.num_classes, dataset.class_names,
                                      dataset.mean, dataset.std, dataset.train.images.shape[1:],
                                      len(dataset.train.labels)), arrays=dataset)
-  if not folder:
-    memory.prepare_tfds(config.dataset, config.data_dir, config.manual_dir)
-    train_source = sources.open_split(config.dataset, config.train_split, config.data_dir)
-    eval_source = sources.open_split(config.dataset, config.eval_split, config.data_dir)
+  train_source = open_source(config, config.train_split)
+  eval_source = open_source(config, config.eval_split)
+  if eval_source.class_names != train_source.class_names:
+    raise UserError(f"the class folders of {config.eval_split!r} ({len(eval_source.class_names)}) "
+                    f"differ from those of {config.train_split!r} "
+                    f"({len(train_source.class_names)}): give both splits the same classes")
   size = stream_image_size(config, train_source.image_shape())
   input_shape = (size, size, train_source.channels)
   mean, std = (config.mean, config.std) if config.mean else _estimate_stats(train_source, size)
@@ -164,54 +153,30 @@ def _estimate_stats(source, size: int) -> tuple[tuple[float, ...], tuple[float, 
   """Per-channel mean and std from a fixed random sample of the training images."""
   count = min(len(source), STATS_SAMPLE)
   indices = np.sort(np.random.default_rng(0).choice(len(source), count, replace=False))
-  images = np.stack([sources.resize_center_crop(source[int(i)]["image"], size) for i in indices])
+  sample = memory.decode_source(source, size, indices=indices)
   logging.info("normalisation estimated from %d training images (set config.mean and "
                "config.std to fix it)", count)
-  return memory.channel_stats(images)
+  return memory.channel_stats(sample.images)
 
 
-def _decode_split(source, size: int) -> memory.Split:
-  images = [source[i]["image"] for i in range(len(source))]
-  if size or len({image.shape for image in images}) > 1:
-    images = [sources.resize_center_crop(image, size) for image in images]
-  return memory.Split(np.stack(images), np.asarray(source.labels, np.int32))
-
-
-def _decode_folder(config, train_source, eval_source) -> memory.Dataset:
-  """Both splits of an image folder decoded into arrays (resized to image_size if it is set)."""
-  size = config.image_size
-  train = _decode_split(train_source, size)
-  eval_size = size or train.images.shape[1]
-  evaluation = _decode_split(eval_source, eval_size)
-  mean, std = ((tuple(config.mean), tuple(config.std)) if config.mean
-               else memory.channel_stats(train.images))
-  memory.check_normalisation(config, mean, std, train.images.shape[-1])
-  return memory.Dataset(config.dataset, train, evaluation,
-                                config.num_classes or train_source.num_classes,
-                                train_source.class_names, mean, std)
+def eval_pipeline(config: ml_collections.ConfigDict) -> str:
+  """How an eval run reads its split: the run's pipeline, or the auto rule for the eval split."""
+  if config.get("input_pipeline") in ("memory", "stream"):
+    return config.input_pipeline
+  source = open_source(config, config.eval_split)
+  return choose_pipeline(config, source.image_shape(), len(source))
 
 
 def open_eval_split(config: ml_collections.ConfigDict) -> "memory.Split | Any":
-  """The eval split of a resolved config: arrays (memory runs) or a source (streamed runs)."""
-  if config.get("input_pipeline") == "stream":
-    if not sources.is_folder(config.dataset):
-      memory.prepare_tfds(config.dataset, config.data_dir, config.manual_dir)
-    return sources.open_split(config.dataset, config.eval_split, config.data_dir)
-  if sources.is_folder(config.dataset):
-    source = sources.open_split(config.dataset, config.eval_split)
-    return _decode_split(source, config.input_shape[0])
-  split, _ = memory.load_split(config.dataset, config.eval_split, config.data_dir,
-                                       config.manual_dir)
+  """The eval split of a resolved config: arrays (memory runs) or a source (streamed runs).
+
+  Both frame each picture as `images.frame` does, at config.input_shape and
+  the eval crop fraction.
+  """
+  if eval_pipeline(config) == "stream":
+    return open_source(config, config.eval_split)
+  split, _ = memory.load_eval_split(config, tuple(config.input_shape[:2]))
   return split
-
-
-def class_names_of(config: ml_collections.ConfigDict, split: Any) -> list[str]:
-  """The class names of a dataset, for runs whose config does not hold them."""
-  if hasattr(split, "class_names"):
-    return list(split.class_names)
-  _, meta = memory.load_split(config.dataset, config.eval_split, config.data_dir,
-                                      config.manual_dir)
-  return list(meta["class_names"])
 
 
 # Per-step input ---------------------------------------------------------------
@@ -273,17 +238,11 @@ class StreamTrainInput:
       self.stream.close()
 
 
-def eval_crop_fraction(config: ml_collections.ConfigDict) -> float:
-  if config.eval_crop_fraction:
-    return config.eval_crop_fraction
-  return 0.875 if config.train_crop == "random_resized" else 1.0
-
-
 def stream_eval_batches(config: ml_collections.ConfigDict, source, mesh: Mesh
                         ) -> Iterator[dict[str, jax.Array]]:
   """The eval split as padded, masked global batches, the same count on every process."""
   for local in streaming.eval_batches(
       source, global_batch_size=config.eval_batch_size, image_size=config.input_shape[0],
-      crop_fraction=eval_crop_fraction(config), process_index=jax.process_index(),
+      crop_fraction=images.eval_crop_fraction(config), process_index=jax.process_index(),
       process_count=jax.process_count(), workers=config.data_workers):
     yield global_batch(local, mesh)

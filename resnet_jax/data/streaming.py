@@ -13,7 +13,6 @@ crops by padding, flips and normalisation run on the device.
 """
 
 import gc
-import math
 import time
 from collections.abc import Iterator
 
@@ -21,13 +20,13 @@ import grain
 import numpy as np
 
 from resnet_jax.errors import UserError
-from resnet_jax.data.sources import random_resized_crop, resize_center_crop
+from resnet_jax.data.images import cover_side, min_decode_side, random_resized_crop, resize_center_crop
 
 TRAIN_CROPS = ("pad", "random_resized")
 
 
 def _read(source, index: int, max_side: int) -> dict:
-  """source[index], decoded reduced where the source supports it (see sources.load_image)."""
+  """source[index], decoded reduced where the source supports it (see images.open_image)."""
   read = getattr(source, "read", None)
   return read(index, max_side) if read is not None else source[index]
 
@@ -58,8 +57,8 @@ class _TrainExample(grain.transforms.Map):
     self.train_crop, self.crop_scale, self.seed = train_crop, tuple(crop_scale), seed
     if train_crop == "pad":
       self.max_side = image_size
-    else:  # Even the smallest crop (crop_scale[0] of the area) keeps full resolution.
-      self.max_side = math.ceil(image_size / math.sqrt(self.crop_scale[0]))
+    else:  # Even the smallest crop, at the narrowest aspect ratio, keeps full resolution.
+      self.max_side = min_decode_side(image_size, self.crop_scale)
     self._permutation = None  # (epoch, permutation), computed once per epoch per worker.
 
   def __getstate__(self) -> dict:
@@ -103,7 +102,8 @@ class _EvalExample(grain.transforms.Map):
     if index >= self.num_examples:
       return {"image": np.zeros((self.image_size, self.image_size, self.channels), np.uint8),
               "label": np.int32(0), "mask": np.float32(0)}
-    example = _read(self.source, index, round(self.image_size / self.crop_fraction))
+    example = _read(self.source, index,
+                    cover_side(self.image_size, self.image_size, self.crop_fraction))
     image = resize_center_crop(example["image"], self.image_size, self.crop_fraction)
     return {"image": image, "label": np.int32(example["label"]), "mask": np.float32(1)}
 

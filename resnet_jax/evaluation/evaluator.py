@@ -16,7 +16,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from resnet_jax.checkpoints import checkpointing, restore, workdir as workdirs
-from resnet_jax.config import configuration
+from resnet_jax.config import configuration, default_config
 from resnet_jax.data import pipeline, memory
 from resnet_jax.models import ema
 from resnet_jax.errors import UserError
@@ -26,6 +26,11 @@ from resnet_jax import sharding
 
 # Fields an eval run may take from the command line; the rest come from the run.
 DATA_FIELDS = ("data_dir", "manual_dir", "eval_split", "eval_batch_size", "eval_tta")
+# How pictures are framed and read: taken where the command line differs from the defaults
+# (all of them for converted weights, which hold no training recipe), so that e.g.
+# --config.image_size=224 --config.eval_crop_fraction=0.875 is the standard ImageNet eval.
+PREPROCESSING_FIELDS = ("train_crop", "eval_crop_fraction", "image_size", "input_pipeline",
+                        "data_workers")
 
 
 class Evaluator:
@@ -108,6 +113,13 @@ def eval_config(workdir: str, checkpoint_config: Mapping[str, Any],
     for field in DATA_FIELDS + (("dataset",) if converted else ()):
       if requested[field]:
         config[field] = requested[field]
+    defaults, saved_size = default_config.get_config(), config.image_size
+    for field in PREPROCESSING_FIELDS:
+      if converted or requested[field] != defaults[field]:
+        config[field] = requested[field]
+    if config.image_size and config.image_size != saved_size and config.get("input_shape"):
+      # Pictures are framed at the side the model is now asked to see.
+      config.input_shape = (config.image_size, config.image_size, config.input_shape[-1])
   if config.eval_tta not in configuration.TTA_MODES:
     raise UserError(f"unknown eval_tta {config.eval_tta!r}: use "
                     f"{', '.join(map(repr, configuration.TTA_MODES))}")
@@ -130,15 +142,11 @@ def evaluate_workdir(workdir: str, requested: ml_collections.ConfigDict | None =
   restored = restore.load_variables(workdir, action="evaluating")
   config = eval_config(workdir, restored.config, requested)
   split = pipeline.open_eval_split(config)
-  if isinstance(split, memory.Split):
-    class_names, input_shape = config.get("class_names"), split.images.shape[1:]
-  else:
-    class_names, input_shape = split.class_names, config.input_shape
+  class_names, input_shape = config.get("class_names") or split.class_names, config.input_shape
   if not config.get("mean"):  # Saved by an older trainer: the split's own statistics.
     logging.warning("%s saved no normalisation: using the eval split's own", workdir)
   mean, std = ((config.mean, config.std) if config.get("mean")
                else memory.channel_stats(split.images))
-  class_names = class_names or pipeline.class_names_of(config, split)
   config = configuration.resolve(config, {
       "num_classes": config.num_classes or len(class_names), "class_names": class_names,
       "mean": mean, "std": std, "input_shape": input_shape,

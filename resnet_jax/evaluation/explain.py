@@ -115,7 +115,8 @@ def explain_files(predictor: Any, files: Sequence[str], directory: str,
     pictures, readable = [], []
     for file in files[start:start + batch_size]:
       try:
-        pictures.append(prediction.read_image(file, predictor.input_shape))
+        pictures.append(prediction.read_image(file, predictor.input_shape,
+                                                predictor.crop_fraction))
         readable.append(file)
       except UserError:
         continue

@@ -5,10 +5,11 @@ r"""Classify images, or folders of them, with a trained or converted checkpoint.
 
 A folder stands for every image inside it, recursively and sorted by path;
 hidden files and folders and files of other types are skipped. PNG, JPEG and
-Pillow's other formats are converted to the training images' channel count,
-scaled so their shorter side fits and center-cropped to the training height
-and width; `.npy` arrays (HxWxC or HxW, uint8 0-255 or float in [0, 1]) go the
-same way. Then the training normalisation and resize apply, as during
+Pillow's other formats are turned upright by their EXIF orientation, converted
+to the training images' channel count and framed exactly as `--mode=eval`
+frames them (`data.images.frame`: the shorter side scaled to the training side
+over the run's eval crop fraction, the centre kept); `.npy` arrays (HxWxC or
+HxW, uint8 0-255 or float in [0, 1]) go the same way. Then the training normalisation and resize apply, as during
 evaluation, `--batch_size` images at a time. As in evaluation too, the
 checkpoint's EMA weights are used where it has them, and the run's
 test-time augmentation (config.eval_tta; `--tta` overrides it) averages
@@ -41,7 +42,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from resnet_jax.data import augment
+from resnet_jax.data import augment, images
 from resnet_jax.models import ema
 from resnet_jax.models import resnet
 from resnet_jax.checkpoints.restore import load_variables
@@ -63,6 +64,7 @@ class Predictor:
   class_names: list[str]
   weights: str = "raw"  # "ema" when the checkpoint's weight EMA is used.
   tta: str = "none"  # Test-time augmentation: config.eval_tta's values.
+  crop_fraction: float = 1.0  # Centre crop of each picture, as evaluation frames it.
   # For explanations and features: the network, its weights, uint8 images to its input.
   model: Any = None
   variables: Any = None
@@ -115,24 +117,13 @@ def load_predictor(path: str, tta: str | None = None) -> Predictor:
     logits = augment.tta_logits(lambda v: model.apply(variables, v, train=False), x, tta)
     return jax.nn.softmax(logits, axis=-1)
 
-  return Predictor(lambda images: np.asarray(probabilities(variables, images)),
-                   (height, width, channels), names, weights, tta, model, variables,
-                   lambda images: augment.preprocess(images, mean, std, image_size))
+  return Predictor(lambda batch: np.asarray(probabilities(variables, batch)),
+                   (height, width, channels), names, weights, tta,
+                   images.eval_crop_fraction(config), model, variables,
+                   lambda batch: augment.preprocess(batch, mean, std, image_size))
 
 
 # Reading images --------------------------------------------------------------
-
-
-def _fit(image: Image.Image, height: int, width: int) -> Image.Image:
-  """Scales so the image covers height x width and crops the center, in one resampling."""
-  scale = max(height / image.height, width / image.width)
-  box_width, box_height = width / scale, height / scale
-  # Clamped: Pillow refuses a box that rounding puts a hair outside the image.
-  left, top = max(0.0, (image.width - box_width) / 2), max(0.0, (image.height - box_height) / 2)
-  box = (left, top, min(image.width, left + box_width), min(image.height, top + box_height))
-  # Resizing just the crop's box lets Pillow first reduce a large image by a whole
-  # factor (box averages) without shifting it; a reducing_gap of 3 is as good as one pass.
-  return image.resize((width, height), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
 
 
 def _array_to_uint8(array: np.ndarray, path: str) -> np.ndarray:
@@ -163,37 +154,33 @@ def _check_size(path: str, width: int, height: int) -> None:
                     f"({MAX_PIXELS / 1e6:.3g} megapixels, {side}x{side}): downscale it first")
 
 
-def _decode_fitted(path: str, height: int, width: int, mode: str) -> Image.Image:
-  """Decodes an image or .npy file, no larger than needed, and fits it to height x width."""
+def _decode_framed(path: str, height: int, width: int, channels: int,
+                   crop_fraction: float) -> np.ndarray:
+  """Decodes an image or .npy file, no larger than needed, and frames it as evaluation does."""
   if path.lower().endswith(".npy"):
     array = _array_to_uint8(np.load(path, mmap_mode="r", allow_pickle=False), path)
     image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-    return _fit(image.convert(mode), height, width)
-  # _check_size replaces Pillow's limit, which warns (or fails) in Image.open itself.
-  pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-  try:
-    with Image.open(path) as image:
-      image.draft(None, (width, height))  # JPEG only: decode at 1/2, 1/4 or 1/8 scale.
-      _check_size(path, *image.size)
-      image.load()  # Decode now: a truncated file fails here, inside the caller's try.
-      # Converting first keeps what alpha and palettes mean; L and RGB need no full-size copy.
-      return _fit(image if image.mode == mode else image.convert(mode), height, width)
-  finally:
-    Image.MAX_IMAGE_PIXELS = pillow_limit
+    return images.frame(image, height, width, crop_fraction, channels)
+  # JPEG only: decoded at 1/2, 1/4 or 1/8 scale where that still covers the crop.
+  min_side = images.cover_side(height, width, crop_fraction)
+  with images.open_image(path, min_side, lambda w, h: _check_size(path, w, h)) as image:
+    return images.frame(image, height, width, crop_fraction, channels)
 
 
-def read_image(path: str, input_shape: Sequence[int]) -> np.ndarray:
-  """One image or .npy file as uint8 [H, W, C] in the training format."""
+def read_image(path: str, input_shape: Sequence[int], crop_fraction: float = 1.0) -> np.ndarray:
+  """One image or .npy file as uint8 [H, W, C] in the training format, framed as eval frames it.
+
+  EXIF orientation is applied; the shorter side is scaled to
+  round(side / crop_fraction) and the centre kept, as `--mode=eval` does.
+  """
   height, width, channels = input_shape
   try:
-    image = _decode_fitted(path, height, width, "L" if channels == 1 else "RGB")
+    return _decode_framed(path, height, width, channels, crop_fraction)
   except UserError:
     raise
   except Exception as e:  # Damaged files fail in many ways (OSError, SyntaxError, ...).
     raise UserError(f"{path}: cannot read it as an image ({type(e).__name__}: "
                     f"{_first_line(e)})") from None
-  array = np.asarray(image, np.uint8)
-  return array[..., None] if array.ndim == 2 else array
 
 
 def _first_line(e: BaseException) -> str:
@@ -240,15 +227,16 @@ def classify(predictor: Predictor, files: Sequence[str], top_k: int = 5,
   k = max(1, min(top_k, len(predictor.class_names)))
   for start in range(0, len(files), batch_size):
     results: list[dict] = [{"file": f} for f in files[start:start + batch_size]]
-    readable, images = [], []
+    readable, pictures = [], []
     for result in results:
       try:
-        images.append(read_image(result["file"], predictor.input_shape))
+        pictures.append(read_image(result["file"], predictor.input_shape,
+                                   predictor.crop_fraction))
         readable.append(result)
       except UserError as e:
         result.update(error=str(e), predictions=[])
-    if images:
-      batch = np.stack(images)
+    if pictures:
+      batch = np.stack(pictures)
       # Pad to a power of two (or batch_size) so a few shapes cover every file count.
       padded = min(batch_size, 1 << (len(batch) - 1).bit_length())
       batch = np.concatenate([batch, np.zeros((padded - len(batch), *batch.shape[1:]), np.uint8)])

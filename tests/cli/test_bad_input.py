@@ -93,6 +93,18 @@ CONFIG_CASES = {
                            ["split 'train[:abc]' of cifar10 is not valid", "TFDS split string"]),
     "init_checkpoint_missing": ({"init_checkpoint": "/nonexistent/run"},
                                 ["init_checkpoint /nonexistent/run does not exist"]),
+    "dataset_name_with_kwargs": ({"dataset": "cifar10:3.0.2/x=1"},
+                                 ["dataset name 'cifar10:3.0.2/x=1' is not valid",
+                                  "NAME/CONFIG or NAME:1.2.3"]),
+    "dataset_name_stray_colon": ({"dataset": "cifar10:"},
+                                 ["dataset name 'cifar10:' is not valid", "TFDS cannot parse it"]),
+    "dataset_name_too_many_slashes": ({"dataset": "a/b/c"},
+                                      ["dataset name 'a/b/c' is not valid", "folder:ROOT"]),
+    "split_percent_over_100": ({"train_split": "train[:200%]"},
+                               ["split 'train[:200%]' of cifar10 is not valid",
+                                "TFDS split string"]),
+    "data_workers_too_many": ({"data_workers": 100000},
+                              ["data_workers is 100000", "--config.data_workers to at most"]),
 }
 
 
@@ -185,3 +197,83 @@ def test_resume_with_other_architecture(trained, tmp_path, requested):
   assert_clean_error(result, f"workdir {trained} holds a run with other settings ({'; '.join(differ)})",
                      "pass a new --workdir for a fresh run")
   assert snapshot(trained) == before
+
+
+# Data that TFDS, Grain and Pillow refuse ---------------------------------------
+
+# A prepared TFDS dataset in a subprocess: the test builder registers itself on import.
+_TFDS_MAIN = ("import sys; import tests.data.test_sources; from resnet_jax.cli import runner; "
+              "from resnet_jax import main; runner.run(main.main, argv=sys.argv)")
+
+
+@pytest.fixture(scope="module")
+def prepared_tfds(tmp_path_factory):
+  import tensorflow_datasets as tfds
+  from tests.data.test_sources import StreamingTestImages
+  data_dir = tmp_path_factory.mktemp("tfds")
+  StreamingTestImages(data_dir=str(data_dir)).download_and_prepare(
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  return data_dir
+
+
+SPLIT_CASES = {
+    "unknown_split": ("validation", ["split 'validation' of streaming_test_images is not valid",
+                                     "Unknown split", "(train)"]),
+    "reversed_slice": ("train[5:2]", ["split 'train[5:2]' of streaming_test_images is not valid"]),
+    "empty_slice": ("train[:0]", ["split 'train[:0]' of streaming_test_images is empty"]),
+}
+
+
+@pytest.mark.parametrize("case", SPLIT_CASES)
+@pytest.mark.parametrize("pipeline", ["memory", "stream"])
+def test_split_that_tfds_refuses(prepared_tfds, tmp_path, case, pipeline):
+  split, phrases = SPLIT_CASES[case]
+  flags = tiny_flags(tmp_path / "run", prepared_tfds, dataset="streaming_test_images",
+                     train_split=split, eval_split="train", image_size=8,
+                     input_pipeline=pipeline)
+  result = subprocess.run([sys.executable, "-c", _TFDS_MAIN, *flags], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+  assert_clean_error(result, *phrases)
+  assert not (tmp_path / "run").exists()
+
+
+def _bad_folder(root, case: str) -> None:
+  """Good pictures, and in train/b the bad file that `case` names."""
+  from PIL import Image
+  for split in ("train", "val"):
+    for name in ("a", "b"):
+      os.makedirs(root / split / name)
+      for i in range(4):
+        Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(root / split / name / f"{i}.png")
+  bad = root / "train" / "b"
+  if case == "zero_byte":
+    (bad / "empty.jpg").write_bytes(b"")
+  elif case == "truncated_png":
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)).save(
+        bad / "cut.png")
+    data = (bad / "cut.png").read_bytes()
+    (bad / "cut.png").write_bytes(data[:len(data) // 2])  # The header intact, the body cut.
+  elif case == "not_an_image":
+    (bad / "notes.png").write_text("these are notes, not a picture\n")
+  else:  # A class folder of non-image files only.
+    for path in bad.iterdir():
+      path.unlink()
+    (bad / "readme.txt").write_text("no pictures here")
+
+
+FOLDER_CASES = {
+    "zero_byte": ["cannot decode", "empty.jpg", "remove or replace it"],
+    "truncated_png": ["cannot decode", "cut.png", "remove or replace it"],
+    "not_an_image": ["cannot decode", "notes.png", "remove or replace it"],
+    "no_images": ["class folder", "holds no images"],
+}
+
+
+@pytest.mark.parametrize("case", FOLDER_CASES)
+@pytest.mark.parametrize("pipeline", ["memory", "stream"])
+def test_folder_with_a_file_pillow_refuses(tmp_path, case, pipeline):
+  _bad_folder(tmp_path / "images", case)
+  flags = tiny_flags(tmp_path / "run", tmp_path / "tfds", dataset=f"folder:{tmp_path / 'images'}",
+                     eval_split="val", batch_size=4, image_size=16, input_pipeline=pipeline,
+                     mean="(0.5,0.5,0.5)", std="(0.25,0.25,0.25)")
+  assert_clean_error(command(flags), *FOLDER_CASES[case])

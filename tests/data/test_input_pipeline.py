@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from resnet_jax.data import memory
+from resnet_jax.data import memory, tfds_source
 from resnet_jax.errors import UserError
 
 
@@ -37,7 +37,7 @@ def test_cache_round_trip_and_damage(tmp_path):
 
 
 def test_offline_without_data_is_a_quick_clear_error(tmp_path, monkeypatch):
-  monkeypatch.setattr(memory, "_network_reachable", lambda *a, **k: False)
+  monkeypatch.setattr(tfds_source, "_network_reachable", lambda *a, **k: False)
   start = time.time()
   with pytest.raises(UserError, match="manual_dir"):
     memory.load_split("cifar10", "train", str(tmp_path))

@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from resnet_jax.data import sources
+from resnet_jax.data import images, sources, tfds_source
 from resnet_jax.errors import UserError
 from tests.conftest import write_image_folder
 
@@ -120,25 +120,25 @@ def test_folder_bad_input_errors(tmp_path):
 def test_resize_center_crop():
   image = np.arange(8 * 12 * 3, dtype=np.uint8).reshape(8, 12, 3)
   square = image[:, :8].copy()
-  assert sources.resize_center_crop(square, 8) is square  # Nothing to do.
-  np.testing.assert_array_equal(sources.resize_center_crop(image, 8), image[:, 2:10])
-  np.testing.assert_array_equal(sources.resize_center_crop(image, 4, 0.5), image[2:6, 4:8])
-  resized = sources.resize_center_crop(image, 4)  # Shorter side 8 -> 4, then 4 x 4.
+  assert images.resize_center_crop(square, 8) is square  # Nothing to do.
+  np.testing.assert_array_equal(images.resize_center_crop(image, 8), image[:, 2:10])
+  np.testing.assert_array_equal(images.resize_center_crop(image, 4, 0.5), image[2:6, 4:8])
+  resized = images.resize_center_crop(image, 4)  # Shorter side 8 -> 4, then 4 x 4.
   assert resized.shape == (4, 4, 3) and resized.dtype == np.uint8
   grey = np.full((10, 20, 1), 77, np.uint8)
-  out = sources.resize_center_crop(grey, 6, crop_fraction=0.875)
+  out = images.resize_center_crop(grey, 6, crop_fraction=0.875)
   assert out.shape == (6, 6, 1) and (out == 77).all()
 
 
 def test_random_resized_crop():
   image = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
-  crop = lambda seed: sources.random_resized_crop(image, 16, np.random.default_rng(seed))
+  crop = lambda seed: images.random_resized_crop(image, 16, np.random.default_rng(seed))
   assert crop(1).shape == (16, 16, 3) and crop(1).dtype == np.uint8
   np.testing.assert_array_equal(crop(1), crop(1))
   assert not np.array_equal(crop(1), crop(2))
   # No box of the whole area fits a 10 x 40 image at aspect 1: the centre fallback.
   wide = np.repeat(np.arange(40, dtype=np.uint8)[None, :, None], 10, axis=0)
-  fallback = sources.random_resized_crop(wide, 10, np.random.default_rng(0), scale=(1, 1),
+  fallback = images.random_resized_crop(wide, 10, np.random.default_rng(0), scale=(1, 1),
                                          ratio=(1, 1))
   np.testing.assert_array_equal(fallback, wide[:, 15:25])
 
@@ -160,8 +160,10 @@ def test_tfds_source_on_mock_cifar10(tmp_path):
     np.testing.assert_array_equal(copy[3]["image"], source[3]["image"])
 
 
-def test_tfds_source_errors(tmp_path):
-  with pytest.raises(UserError, match=r"cifar10.* is not prepared in .*input_pipeline=memory"):
+def test_tfds_source_errors(tmp_path, monkeypatch):
+  # A source prepares its dataset first; offline and without manual_dir it cannot.
+  monkeypatch.setattr(tfds_source, "_network_reachable", lambda *a, **k: False)
+  with pytest.raises(UserError, match=r"cifar10.* is not prepared in .*manual_dir"):
     sources.TfdsSource("cifar10", "train", data_dir=str(tmp_path))
   with pytest.raises(UserError, match="unknown dataset"):
     sources.TfdsSource("no_such_dataset_xyz", "train", data_dir=str(tmp_path))

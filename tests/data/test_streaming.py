@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from resnet_jax.data import sources, streaming
+from resnet_jax.data import images, sources, streaming
 from resnet_jax.errors import UserError
 from tests.conftest import write_image_folder
 
@@ -74,7 +74,7 @@ def test_pad_mode_is_resize_center_crop_of_the_source(folder):
   batch = collect(train_stream(folder, num_steps=1, image_size=12))[0]
   indices = np.random.default_rng([3, 0]).permutation(len(folder))[:4]
   for row, index in enumerate(indices):
-    expected = sources.resize_center_crop(folder[index]["image"], 12)
+    expected = images.resize_center_crop(folder[index]["image"], 12)
     np.testing.assert_array_equal(batch["image"][row], expected)
     assert batch["label"][row] == folder.labels[index]
 
@@ -113,7 +113,7 @@ def test_random_resized_is_a_function_of_seed_step_and_row():
     for row in range(4):
       index = int(batch["label"][row])
       rng = np.random.default_rng([3, step, row])
-      expected = sources.random_resized_crop(source[index]["image"], 8, rng, scale=(0.2, 1.0))
+      expected = images.random_resized_crop(source[index]["image"], 8, rng, scale=(0.2, 1.0))
       np.testing.assert_array_equal(batch["image"][row], expected)
   other_seed = collect(train_stream(source, num_steps=1, seed=4, train_crop="random_resized"))
   assert not np.array_equal(other_seed[0]["label"], batches[0]["label"])

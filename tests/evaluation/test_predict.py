@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_jax.data import augment
+from resnet_jax.data import augment, images
 from resnet_jax.models import resnet
 from resnet_jax.evaluation import prediction
 from resnet_jax.checkpoints.checkpointing import Checkpointer
@@ -292,7 +292,7 @@ def test_jpeg_is_decoded_reduced_and_matches_a_full_decode(tmp_path, monkeypatch
   image = prediction.read_image(path, (16, 16, 3))
   assert decoded == [(80, 60)]  # 1/8 scale: still covers 16x16.
   with Image.open(path) as full:
-    expected = np.asarray(prediction._fit(full.convert("RGB"), 16, 16), np.float64)
+    expected = images.frame(full.convert("RGB"), 16, 16).astype(np.float64)
   assert np.abs(image - expected).mean() < 2
 
 
