@@ -87,13 +87,20 @@ def pinned(directory: str, step: int) -> Iterator[str]:
   finally:
     beat.stop()
     shutil.rmtree(root, ignore_errors=True)
+    try:
+      os.rmdir(readers_dir(directory))  # The last reader leaves no trace.
+    except OSError:
+      pass  # Other readers' pins are in it.
 
 
 def _new_reader_folder(directory: str) -> str:
   name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
   root = os.path.join(readers_dir(directory), name)
   try:
-    os.makedirs(root)
+    try:
+      os.makedirs(root)
+    except FileNotFoundError:  # The last reader before this one removed .readers meanwhile.
+      os.makedirs(root)
     workdirs.write_json(os.path.join(root, HOLDER), {
         "host": socket.gethostname(), "pid": os.getpid(),
         "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")})

@@ -10,6 +10,7 @@ pruning, when the step goes before its files are linked (milliseconds); the
 reader then picks again from what is on disk.
 """
 
+import errno
 import os
 from typing import NamedTuple
 
@@ -17,7 +18,8 @@ from absl import logging
 
 from resnet_jax.checkpoints import pins
 from resnet_jax.checkpoints.checkpointing import (Checkpointer, CheckpointGone,
-                                                  discard_failed_restore, warn_damaged)
+                                                  discard_failed_restore, storage_failure,
+                                                  warn_damaged)
 from resnet_jax.errors import UserError
 
 # How often a reader picks again when the checkpoints it picks keep being pruned.
@@ -91,6 +93,8 @@ def _load_best(path: str, directory: str, named_step: int | None, action: str) -
     listing = Checkpointer(directory, read_only=True)
   except FileNotFoundError as e:  # A step pruned while Orbax listed the folder.
     raise CheckpointGone(e.filename or directory) from None
+  except Exception as e:
+    raise _unreadable(directory, e) from None
   try:
     step = named_step if named_step is not None else listing.best_step()
     if step is None:
@@ -99,13 +103,19 @@ def _load_best(path: str, directory: str, named_step: int | None, action: str) -
     candidates = [step] if named else [s for s in listing.steps() if s <= step]
   finally:
     listing.close()
+  foreign = []  # Steps without a state item: another program's checkpoints, or damage.
   for candidate in sorted(candidates, reverse=True):
+    step_dir = os.path.join(directory, str(candidate))
     try:
       state, config = read_step(directory, candidate)
     except CheckpointGone:
       raise
     except Exception as e:  # A damaged checkpoint fails in many ways; an older one may not.
-      warn_damaged(os.path.join(directory, str(candidate)), e)
+      if storage_failure(e) == os.strerror(errno.EACCES):
+        raise _unreadable(step_dir, e) from None
+      if os.path.isdir(step_dir) and not os.path.isdir(os.path.join(step_dir, "state")):
+        foreign.append(sorted(os.listdir(step_dir)))
+      warn_damaged(step_dir, e)
       continue
     if candidate != step:
       logging.warning("the best checkpoint (step %d) is damaged; %s step %d instead", step,
@@ -114,9 +124,24 @@ def _load_best(path: str, directory: str, named_step: int | None, action: str) -
     if "ema" in state:
       variables["ema"] = state["ema"]
     return Restored(variables, config, candidate)
+  if len(foreign) == len(candidates) and "config" in foreign[0]:
+    raise UserError(f"checkpoint {os.path.join(directory, str(step))} has no state/ item (deleted, "
+                    "or never written): pass another checkpoint, or the workdir of another run")
+  if len(foreign) == len(candidates):
+    raise UserError(f"{os.path.join(directory, str(step))} is not a resnet_jax checkpoint (it "
+                    f"holds {', '.join(foreign[0]) or 'nothing'}, no state/): pass a checkpoint "
+                    "written by resnet_jax (python -m resnet_jax.convert makes one of torch "
+                    "weights)")
   raise UserError(f"checkpoint {os.path.join(directory, str(step))} is damaged"
                   f"{'' if named else ', and so is every earlier one'}: pass another "
                   "checkpoint, or the workdir of another run")
+
+
+def _unreadable(path: str, error: Exception) -> UserError:
+  """The error for checkpoints this reader may not read, or that no reader can list."""
+  reason = storage_failure(error) or (str(error).strip().splitlines() or [""])[0][:200]
+  return UserError(f"cannot read the checkpoints in {path} ({reason}): pass a checkpoint "
+                   "folder you can read (check its permissions)")
 
 
 def read_step(directory: str, step: int) -> tuple[dict, dict]:

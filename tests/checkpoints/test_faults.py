@@ -385,7 +385,8 @@ def test_eval_and_predict_in_a_loop_while_training_prunes_each_step_they_read(
     assert os.listdir(os.path.join(directory, pins.READERS))
     killed.kill()
     killed.wait(timeout=60)
-    hooks.wait_until(lambda: not os.listdir(os.path.join(directory, pins.READERS)),
+    hooks.wait_until(lambda: not os.path.exists(os.path.join(directory, pins.READERS)) or not
+                     os.listdir(os.path.join(directory, pins.READERS)),
                      "the killed reader's pin removed", alive=lambda: training.poll() is None)
     assert training.poll() is None, (tmp_path / "train.txt").read_text()[-3000:]
   finally:
