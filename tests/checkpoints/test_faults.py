@@ -161,6 +161,7 @@ def stop_when_training(workdir, args, log, sig, release) -> str:
   return output
 
 
+@pytest.mark.slow
 def test_sigterm_and_sigint_save_the_current_step_and_rerun_resumes(tmp_path, data):
   workdir = tmp_path / "run"
   directory = checkpointing.checkpoint_dir(str(workdir))
@@ -214,6 +215,7 @@ def test_repeated_sigterm_during_a_save_finishes_it_and_rerun_equals_an_uninterr
   assert_same_state(restored(trained, 6), restored(workdir, 6))
 
 
+@pytest.mark.slow
 def test_ctrl_c_three_times_aborts_a_save_and_keeps_the_last_complete_checkpoint(
     trained, tmp_path, data):
   workdir, log = tmp_path / "run", tmp_path / "log.txt"
@@ -240,6 +242,7 @@ def test_ctrl_c_three_times_aborts_a_save_and_keeps_the_last_complete_checkpoint
   assert_same_state(restored(trained, 6), restored(workdir, 6))
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_setting_up_or_compiling_the_first_step_is_a_clean_stop(
     trained, tmp_path, data):
   workdir = tmp_path / "run"
@@ -275,6 +278,7 @@ def test_ctrl_c_while_setting_up_or_compiling_the_first_step_is_a_clean_stop(
 # SIGKILL -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigkill_mid_save_leaves_complete_checkpoints_and_rerun_resumes_keeping_few(
     trained, tmp_path, data):
   workdir, log = copy_of(trained, tmp_path), tmp_path / "log.txt"
@@ -311,6 +315,7 @@ def test_sigkill_mid_save_leaves_complete_checkpoints_and_rerun_resumes_keeping_
 # Two runs, and readers, on one workdir -------------------------------------------
 
 
+@pytest.mark.slow
 def test_second_run_on_a_workdir_refuses_and_a_dead_runs_lock_is_taken_over(tmp_path, data):
   workdir = tmp_path / "run"
   args = flags(workdir, data, quiet=False, num_train_steps=1000, log_every_steps=1,
@@ -348,6 +353,7 @@ def test_second_run_on_a_workdir_refuses_and_a_dead_runs_lock_is_taken_over(tmp_
   assert not lock.exists()
 
 
+@pytest.mark.slow
 def test_eval_and_predict_in_a_loop_while_training_prunes_each_step_they_read(
     tmp_path, data, caplog, monkeypatch):
   workdir = tmp_path / "run"
@@ -524,6 +530,7 @@ def test_damaged_file_fails_restore(trained, tmp_path, how):
     assert manager.restore_newest_intact()[0] == 3
 
 
+@pytest.mark.slow
 def test_damaged_checkpoint_eval_falls_back_and_resume_moves_it_aside(trained, tmp_path, data):
   workdir = copy_of(trained, tmp_path)
   directory = checkpointing.checkpoint_dir(str(workdir))
@@ -643,6 +650,7 @@ def test_full_disk_is_one_line_error_and_earlier_checkpoints_stay(tmp_path, data
 # Determinism -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_same_seed_is_bit_identical_and_other_seed_differs(tmp_path, data):
   for name, seed in (("a", 0), ("b", 0), ("c", 1)):
     config = tiny_config(seed=seed, data_dir=str(data), **CONSTANT_LR)
