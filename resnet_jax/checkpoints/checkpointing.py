@@ -11,6 +11,10 @@ when complete, so a killed save leaves only that folder, which the next run
 deletes. It does not notice every damage after the fact, though: a truncated
 or missing file fails the restore, but changed bytes inside a data file
 restore silently as other numbers. The checksums catch those.
+
+A pruned step is renamed into `.deleted/` (one atomic rename), which the writer
+empties at its next save: readers pin steps by hard links (pins.py) and must
+see a step whole or not at all, never half deleted.
 """
 
 import gc
