@@ -98,6 +98,10 @@ def _load_best(path: str, directory: str, named_step: int | None, action: str) -
   try:
     step = named_step if named_step is not None else listing.best_step()
     if step is None:
+      # Orbax lists the folder, then reads each step's metadata: a listing made just before
+      # a save's rename into place, of a step pruned just after, comes back empty.
+      if listing.latest_complete_step() is not None:
+        raise CheckpointGone(directory)
       raise UserError(f"{path} holds no checkpoint: train first, or pass another path")
     named = named_step is not None  # One step's folder: that one, or none.
     candidates = [step] if named else [s for s in listing.steps() if s <= step]

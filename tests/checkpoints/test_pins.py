@@ -226,3 +226,24 @@ def test_pins_of_readers_that_are_gone_are_removed_and_live_ones_kept(tmp_path):
 def _now() -> str:
   import datetime
   return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def test_a_listing_that_met_only_a_pruned_step_is_made_again(tmp_path, monkeypatch, caplog):
+  directory = tmp_path / "checkpoints"
+  write_checkpoints(directory, [1])
+  best_step = checkpointing.Checkpointer.best_step
+  calls = []
+
+  def listed_while_pruned(self):
+    """Orbax's first listing found only a step pruned before it read its metadata."""
+    calls.append(1)
+    return None if len(calls) == 1 else best_step(self)
+
+  monkeypatch.setattr(checkpointing.Checkpointer, "best_step", listed_while_pruned)
+  caplog.set_level(logging.INFO)
+  assert restore.load_variables(str(tmp_path)).step == 1 and len(calls) == 2
+  assert (f"checkpoint {directory} was deleted before it could be read (pruned by the run "
+          "writing there): picking again") in [r.getMessage() for r in caplog.records]
+  shutil.rmtree(directory / "1")  # Truly empty: said so at once.
+  with pytest.raises(UserError, match="holds no checkpoint: train first"):
+    restore.load_variables(str(tmp_path))
