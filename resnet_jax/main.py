@@ -3,8 +3,7 @@ r"""Train or evaluate a ResNet.
   python -m resnet_jax.main --config=configs/resnet18.py [--workdir=runs/resnet18]
   python -m resnet_jax.main --workdir=runs/resnet18 --mode=eval
 
-`--config.<field>=<value>` overrides any config field. Rerunning a training
-command on an existing workdir resumes from its latest checkpoint.
+`--config.<field>=<value>` overrides a config field; rerunning on a workdir resumes it.
 """
 
 import os

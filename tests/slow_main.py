@@ -1,67 +1,78 @@
-"""`python -m resnet_jax.main` with slow spots, for tests to send it signals inside them.
+"""`python -m resnet_jax.main` (or RUN_MODULE) held at chosen spots, for tests to act inside them.
 
-  SLOW_SAVE_FROM_STEP=6 SLOW_SAVE_S=5 python tests/slow_main.py --config=configs/tiny.py ...
+  HOLD_SAVE_STEP=3 RELEASE=/tmp/go python tests/slow_main.py --config=configs/tiny.py ...
 
-Each slow spot first prints a marker line to stderr, then sleeps:
+Each spot named in the environment prints a marker line to stderr, then
+waits until the file RELEASE exists (forever, if the test never creates it):
+the test acts (signals, kills, prunes) knowing exactly where the run is, and
+no outcome depends on how fast either side runs. Python signal handlers run
+while a spot waits.
 
-  SLOW_SETUP_S       "slow set-up" in compile_train_step, during Trainer set-up.
-  SLOW_FIRST_STEP_S  "slow first step" at the first train step's call (which compiles it).
-  SLOW_SAVE_S        "slow save of step N" in Orbax's finalisation of each checkpoint from
-                     step SLOW_SAVE_FROM_STEP (default 0) on: in its background thread, while
-                     the folder is still `<step>.orbax-checkpoint-tmp*`.
+  HOLD_SETUP=1         "held: set-up" in compile_train_step, during Trainer set-up.
+  HOLD_AT_CALL=N       "held: train step call N" before the N-th call of the train step in
+                       this process (the first compiles it).
+  HOLD_SAVE_STEP=N     "held: save of step N" in Orbax's finalisation of that checkpoint, in
+                       its background thread, while the folder is still
+                       `<step>.orbax-checkpoint-tmp*` (every file written, not yet renamed).
+  HOLD_PIN=pruned      a reader (restore.load_variables), once it has pinned its step, prints
+                       "held: pinned step N" and waits until the training run writing there
+                       has pruned that step; HOLD_PIN=release waits for RELEASE instead. It
+                       then prints "released: pinned step N" and reads.
+  RUN_MODULE           the program to run (default resnet_jax.main).
 """
 
 import asyncio
 import os
 import runpy
 import sys
-import time
 
-from orbax.checkpoint._src.path import atomicity
-
-from resnet_jax.train import steps
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests import hooks  # noqa: E402 (needs the repository on the path, as a script)
 
 
-def seconds(name: str) -> float:
-  return float(os.environ.get(name, "0"))
+def held(spot: str) -> None:
+  hooks.marker(f"held: {spot}")
+  hooks.wait_for_file(os.environ["RELEASE"])
 
 
-def marker(text: str) -> None:
-  print(text, file=sys.stderr, flush=True)
-
-
-if seconds("SLOW_SETUP_S") or seconds("SLOW_FIRST_STEP_S"):
+if os.environ.get("HOLD_SETUP") or os.environ.get("HOLD_AT_CALL"):
+  from resnet_jax.train import steps
   compile_train_step = steps.compile_train_step
 
-  def slow_compile(*args, **kwargs):
-    if seconds("SLOW_SETUP_S"):
-      marker("slow set-up")
-      time.sleep(seconds("SLOW_SETUP_S"))
+  def held_compile(*args, **kwargs):
+    if os.environ.get("HOLD_SETUP"):
+      held("set-up")
     step = compile_train_step(*args, **kwargs)
     calls = 0
 
-    def slow_step(state, data):
+    def held_step(state, data):
       nonlocal calls
       calls += 1
-      if calls == 1 and seconds("SLOW_FIRST_STEP_S"):
-        marker("slow first step")
-        time.sleep(seconds("SLOW_FIRST_STEP_S"))
+      if calls == int(os.environ.get("HOLD_AT_CALL", "0")):
+        held(f"train step call {calls}")
       return step(state, data)
 
-    return slow_step
+    return held_step
 
-  steps.compile_train_step = slow_compile
+  steps.compile_train_step = held_compile
 
-if seconds("SLOW_SAVE_S"):
+if os.environ.get("HOLD_SAVE_STEP"):
+  from orbax.checkpoint._src.path import atomicity
   finalize = atomicity.AtomicRenameTemporaryPath.finalize
 
-  async def slow_finalize(self, *args, **kwargs):
+  async def held_finalize(self, *args, **kwargs):
     name = self.get_final().name
-    if name.isdigit() and int(name) >= int(os.environ.get("SLOW_SAVE_FROM_STEP", "0")):
-      marker(f"slow save of step {name}")
-      await asyncio.sleep(seconds("SLOW_SAVE_S"))
+    if name == os.environ["HOLD_SAVE_STEP"]:
+      hooks.marker(f"held: save of step {name}")
+      while not os.path.exists(os.environ["RELEASE"]):
+        await asyncio.sleep(0.01)
     return await finalize(self, *args, **kwargs)
 
-  atomicity.AtomicRenameTemporaryPath.finalize = slow_finalize
+  atomicity.AtomicRenameTemporaryPath.finalize = held_finalize
 
-runpy.run_module("resnet_jax.main", run_name="__main__", alter_sys=True)
+if os.environ.get("HOLD_PIN"):
+  from resnet_jax.checkpoints import pins
+  pins.pinned = hooks.held_pin(pins.pinned, os.environ["HOLD_PIN"], os.environ.get("RELEASE"))
+
+runpy.run_module(os.environ.get("RUN_MODULE", "resnet_jax.main"), run_name="__main__",
+                 alter_sys=True)

@@ -3,6 +3,7 @@
 checkpointing.py: Orbax checkpoints, the latest N and the best, saved asynchronously.
 checksums.py: one sum per array, to catch changed bytes.
 restore.py: the one read path for eval, predict, export and fine-tuning.
+pins.py: a reader's hard links to the step it reads, out of reach of the pruning.
 workdir.py: the run directory: checks, the lock, atomic JSON.
 
 May import `config` and `errors`.

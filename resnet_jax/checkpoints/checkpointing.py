@@ -11,6 +11,10 @@ when complete, so a killed save leaves only that folder, which the next run
 deletes. It does not notice every damage after the fact, though: a truncated
 or missing file fails the restore, but changed bytes inside a data file
 restore silently as other numbers. The checksums catch those.
+
+A pruned step is renamed into `.deleted/` (one atomic rename), which the writer
+empties at its next save: readers pin steps by hard links (pins.py) and must
+see a step whole or not at all, never half deleted.
 """
 
 import gc
@@ -19,8 +23,7 @@ import os
 import re
 import shutil
 import sys
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -30,7 +33,7 @@ from absl import logging
 from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from resnet_jax.checkpoints import checksums as array_checksums
+from resnet_jax.checkpoints import checksums as array_checksums, pins
 from resnet_jax.errors import UserError
 
 BEST_METRIC = "eval_accuracy"
@@ -46,7 +49,7 @@ class DamagedCheckpointError(Exception):
 
 
 class CheckpointGone(Exception):
-  """A checkpoint was deleted while being read: the run writing the workdir pruned it."""
+  """A checkpoint was deleted before it could be read: the run writing the workdir pruned it."""
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -90,9 +93,11 @@ def size_on_disk(path: str) -> int:
 class Checkpointer:
   """Saves and restores training checkpoints of one workdir."""
 
-  def __init__(self, directory: str, keep: int = 3, read_only: bool = False):
+  def __init__(self, directory: str, keep: int = 3, read_only: bool = False,
+               shown_as: str | None = None):
     _quiet_orbax_leftovers()
     self.directory = os.path.abspath(directory)
+    self.shown = shown_as or self.directory  # Where messages say the checkpoints are.
     if not read_only:
       _check_creatable(self.directory)
     policy = pp.AnyPreservationPolicy([
@@ -104,12 +109,17 @@ class Checkpointer:
     # would do the same but logs a warning at every open. best_fn only makes Orbax
     # write each checkpoint's metrics (without it there are none, and the best
     # checkpoint cannot be told once the run has ended); the policy decides what stays.
+    # A pruned step is renamed into .deleted/ in one step and deleted there later, so
+    # that a reader pinning it (pins.py) gets all its files or an ENOENT, never a part.
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy, best_fn=lambda m: m[BEST_METRIC],
         enable_async_checkpointing=not read_only,
         cleanup_tmp_directories=not read_only, create=not read_only,
-        save_interval_steps=0 if read_only else 1)
+        save_interval_steps=0 if read_only else 1,
+        todelete_subdir=None if read_only else pins.DELETED)
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+    if not read_only:
+      self._clean_up()  # What a killed run or reader left.
     self.keep = keep
     self.read_only = read_only
     self._saving = None  # The step of the save in flight, if any.
@@ -159,6 +169,7 @@ class Checkpointer:
     if not force and not self.manager.should_save(step):
       return False
     self.wait()  # Surfaces a failure of the previous save before starting this one.
+    self._clean_up()  # Frees the steps that the previous save pruned.
     self._check_free_space(step, state)
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               config=ocp.args.JsonSave(dict(config)),
@@ -177,6 +188,12 @@ class Checkpointer:
     except Exception as e:
       self._raise_write_error(e)
     self._saving = None
+
+  def _clean_up(self) -> None:
+    """Deletes the pruned steps and the pins of readers that are gone (the lead process only)."""
+    if jax.process_index() == 0:
+      pins.empty_deleted(self.directory)
+      pins.remove_stale(self.directory)
 
   def _check_free_space(self, step: int, state: Mapping[str, Any]) -> None:
     latest = self.latest_step()
@@ -223,11 +240,10 @@ class Checkpointer:
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
     args = ocp.args.StandardRestore(abstract)
     state = self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]
-    step_dir = os.path.join(self.directory, str(step))
-    if os.path.isdir(os.path.join(step_dir, "checksums")):  # Older checkpoints have none.
+    if os.path.isdir(os.path.join(self.directory, str(step), "checksums")):  # Older have none.
       saved = self.manager.restore(
           step, args=ocp.args.Composite(checksums=ocp.args.JsonRestore()))["checksums"]
-      verify(step_dir, state, saved)
+      verify(os.path.join(self.shown, str(step)), state, saved)
     return state
 
   def _fit_items(self, step: int, target: Mapping[str, Any]) -> dict:
@@ -254,54 +270,14 @@ class Checkpointer:
         step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 
   def restore_newest_intact(self, target: Mapping[str, Any] | None = None,
-                            steps: list[int] | None = None,
-                            skip_gone: bool = True) -> tuple[int, dict] | None:
-    """Restores the newest checkpoint that reads back whole, warning about any that do not.
-
-    A checkpoint deleted while being read (pruned by the run that writes the
-    workdir) is no damage: it is skipped quietly, or with skip_gone=False
-    raises CheckpointGone, for the caller to pick again.
-    """
+                            steps: list[int] | None = None) -> tuple[int, dict] | None:
+    """Restores the newest checkpoint that reads back whole, warning about any that do not."""
     for step in sorted(self.steps() if steps is None else steps, reverse=True):
       try:
-        return step, self.restore_live(step, target)
-      except CheckpointGone:
-        if not skip_gone:
-          raise
-        logging.info("checkpoint %s was deleted while being read: skipped",
-                     os.path.join(self.directory, str(step)))
+        return step, self.restore(step, target)
       except Exception as e:  # A damaged checkpoint fails in many ways; skip it.
-        reason = (str(e).strip().splitlines() or [""])[0].split(" See full TensorStore")[0]
-        logging.warning("checkpoint %s is damaged and was skipped (%s: %s)",
-                        os.path.join(self.directory, str(step)), type(e).__name__, reason[:300])
-        _discard_failed_restore()
+        warn_damaged(os.path.join(self.shown, str(step)), e)
     return None
-
-  def restore_live(self, step: int, target: Mapping[str, Any] | None = None,
-                   read: Callable[[int], Any] | None = None) -> Any:
-    """restore(step, target) (or read(step)), raising CheckpointGone for a step deleted meanwhile.
-
-    A training run prunes its checkpoints while readers (eval, predict) read
-    them: a read that fails because files went away must not be taken for
-    damage. Files on disk never change otherwise once Orbax has renamed a
-    save into place, so a failed read whose folder changed, or vanished,
-    met a deletion.
-    """
-    step_dir = os.path.join(self.directory, str(step))
-    before = _listing(step_dir)
-    if before is None:
-      raise CheckpointGone(step_dir)
-    try:
-      return read(step) if read is not None else self.restore(step, target)
-    except Exception:
-      if _listing(step_dir) != before:
-        _discard_failed_restore()
-        raise CheckpointGone(step_dir) from None
-      time.sleep(0.2)  # A deletion that had just begun: give it time to show.
-      if _listing(step_dir) != before:
-        _discard_failed_restore()
-        raise CheckpointGone(step_dir) from None
-      raise
 
   def abandon(self) -> None:
     """Gives up a save in flight (an abort): close() then neither waits for nor finalises it."""
@@ -329,6 +305,8 @@ class Checkpointer:
       return
     self.wait()
     self.manager.close()
+    if not self.read_only:
+      self._clean_up()
 
 
 def _check_creatable(directory: str) -> None:
@@ -341,19 +319,12 @@ def _check_creatable(directory: str) -> None:
                     "folder: pass a folder path")
 
 
-def _listing(folder: str) -> frozenset | None:
-  """(path, size) of every file under folder; None when folder is gone."""
-  if not os.path.isdir(folder):
-    return None
-  found = set()
-  for root, _, names in os.walk(folder):
-    for name in names:
-      path = os.path.join(root, name)
-      try:
-        found.add((path, os.stat(path).st_size))
-      except OSError:
-        found.add((path, -1))
-  return frozenset(found)
+def warn_damaged(step_dir: str, error: Exception) -> None:
+  """Logs that the checkpoint in step_dir failed to read back, and why, on one line."""
+  reason = (str(error).strip().splitlines() or [""])[0].split(" See full TensorStore")[0]
+  logging.warning("checkpoint %s is damaged and was skipped (%s: %s)", step_dir,
+                  type(error).__name__, reason[:300])
+  discard_failed_restore()
 
 
 def _is_restore_leftover(unraisable: Any) -> bool:
@@ -362,7 +333,7 @@ def _is_restore_leftover(unraisable: Any) -> bool:
           or "_read_array_index_and_device_put" in where or "_read_and_create_array" in where)
 
 
-def _discard_failed_restore() -> None:
+def discard_failed_restore() -> None:
   """Collects the unawaited reads of a failed restore now, while nothing else is in flight."""
   gc.collect()
 

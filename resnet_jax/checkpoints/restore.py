@@ -4,15 +4,22 @@ and fine-tuning.
 `load_variables` takes a workdir, its checkpoints/ folder or one step's
 folder, picks the best step (falling back to older ones when damaged) and
 is safe on the workdir of a run in progress, which prunes its checkpoints
-while others read them.
+while others read them: the step picked is pinned (pins.py) and read from
+the pin, where pruning cannot reach it. Only the pin itself can lose to the
+pruning, when the step goes before its files are linked (milliseconds); the
+reader then picks again from what is on disk.
 """
 
+import errno
 import os
 from typing import NamedTuple
 
 from absl import logging
 
-from resnet_jax.checkpoints.checkpointing import Checkpointer, CheckpointGone
+from resnet_jax.checkpoints import pins
+from resnet_jax.checkpoints.checkpointing import (Checkpointer, CheckpointGone,
+                                                  discard_failed_restore, storage_failure,
+                                                  warn_damaged)
 from resnet_jax.errors import UserError
 
 # How often a reader picks again when the checkpoints it picks keep being pruned.
@@ -63,8 +70,8 @@ def load_variables(path: str, action: str = "using") -> Restored:
   folder of checkpoints, the best step is read. Falls back to older steps
   when the chosen one is damaged, logging "...; {action} step N instead";
   raises UserError when nothing can be read. Safe on the workdir of a run
-  in progress: a checkpoint that run prunes while it is read is no damage,
-  and the pick starts again from what is on disk then.
+  in progress: the step read is pinned, and one pruned before its pin is
+  made is no damage: the pick starts again from what is on disk then.
   """
   directory, named_step = resolve_checkpoint(path)
   for _ in range(MAX_PICKS):
@@ -72,9 +79,9 @@ def load_variables(path: str, action: str = "using") -> Restored:
       return _load_best(path, directory, named_step, action)
     except CheckpointGone as e:
       if named_step is not None:
-        raise UserError(f"checkpoint {e} was deleted while being read (the run writing there "
+        raise UserError(f"checkpoint {e} was deleted before it could be read (the run writing there "
                         "prunes old checkpoints): pass a newer one, or the workdir") from None
-      logging.info("checkpoint %s was deleted while being read (pruned by the run writing "
+      logging.info("checkpoint %s was deleted before it could be read (pruned by the run writing "
                    "there): picking again", e)
   raise UserError(f"the checkpoints in {directory} kept being deleted while being read: "
                   "try again, or pass one step's folder")
@@ -83,38 +90,95 @@ def load_variables(path: str, action: str = "using") -> Restored:
 def _load_best(path: str, directory: str, named_step: int | None, action: str) -> Restored:
   """load_variables' one pick, on a fresh listing; CheckpointGone when what it picked is pruned."""
   try:
-    checkpointer = Checkpointer(directory, read_only=True)
+    listing = Checkpointer(directory, read_only=True)
   except FileNotFoundError as e:  # A step pruned while Orbax listed the folder.
     raise CheckpointGone(e.filename or directory) from None
+  except Exception as e:
+    raise _unreadable(directory, e) from None
   try:
-    return _load_from(checkpointer, path, directory, named_step, action)
+    step = named_step if named_step is not None else listing.best_step()
+    if step is None:
+      # Orbax lists the folder, then reads each step's metadata: a listing made just before
+      # a save's rename into place, of a step pruned just after, comes back empty.
+      if listing.latest_complete_step() is not None:
+        raise CheckpointGone(directory)
+      raise UserError(f"{path} holds no checkpoint: train first, or pass another path")
+    named = named_step is not None  # One step's folder: that one, or none.
+    candidates = [step] if named else [s for s in listing.steps() if s <= step]
+  finally:
+    listing.close()
+  foreign = []  # Steps without a state item: another program's checkpoints, or damage.
+  for candidate in sorted(candidates, reverse=True):
+    step_dir = os.path.join(directory, str(candidate))
+    try:
+      state, config = read_step(directory, candidate)
+    except CheckpointGone:
+      raise
+    except Exception as e:  # A damaged checkpoint fails in many ways; an older one may not.
+      if storage_failure(e) == os.strerror(errno.EACCES):
+        raise _unreadable(step_dir, e) from None
+      if os.path.isdir(step_dir) and not os.path.isdir(os.path.join(step_dir, "state")):
+        foreign.append(sorted(os.listdir(step_dir)))
+      warn_damaged(step_dir, e)
+      continue
+    if candidate != step:
+      logging.warning("the best checkpoint (step %d) is damaged; %s step %d instead", step,
+                      action, candidate)
+    variables = {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
+    if "ema" in state:
+      variables["ema"] = state["ema"]
+    return Restored(variables, config, candidate)
+  if len(foreign) == len(candidates) and "config" in foreign[0]:
+    raise UserError(f"checkpoint {os.path.join(directory, str(step))} has no state/ item (deleted, "
+                    "or never written): pass another checkpoint, or the workdir of another run")
+  if len(foreign) == len(candidates):
+    raise UserError(f"{os.path.join(directory, str(step))} is not a resnet_jax checkpoint (it "
+                    f"holds {', '.join(foreign[0]) or 'nothing'}, no state/): pass a checkpoint "
+                    "written by resnet_jax (python -m resnet_jax.convert makes one of torch "
+                    "weights)")
+  raise UserError(f"checkpoint {os.path.join(directory, str(step))} is damaged"
+                  f"{'' if named else ', and so is every earlier one'}: pass another "
+                  "checkpoint, or the workdir of another run")
+
+
+def _unreadable(path: str, error: Exception) -> UserError:
+  """The error for checkpoints this reader may not read, or that no reader can list."""
+  reason = storage_failure(error) or (str(error).strip().splitlines() or [""])[0][:200]
+  return UserError(f"cannot read the checkpoints in {path} ({reason}): pass a checkpoint "
+                   "folder you can read (check its permissions)")
+
+
+def read_step(directory: str, step: int) -> tuple[dict, dict]:
+  """(state, saved config) of one step, read from a pin of it; CheckpointGone if pruned first.
+
+  Where no pin can be made (checkpoints this reader may not write to), reads
+  in place: a step that fails to read and has gone from its folder meanwhile
+  was pruned, not damaged (the writer removes a step by one rename).
+  """
+  step_dir = os.path.join(directory, str(step))
+  try:
+    with pins.pinned(directory, step) as root:
+      return _read(Checkpointer(root, read_only=True, shown_as=directory), step)
+  except pins.StepGone:
+    raise CheckpointGone(step_dir) from None
+  except pins.CannotPin as e:
+    logging.info("cannot pin %s (%s): reading it in place", step_dir, e)
+  try:
+    return _read(Checkpointer(directory, read_only=True), step)
+  except Exception:
+    if not os.path.isdir(step_dir):
+      discard_failed_restore()
+      raise CheckpointGone(step_dir) from None
+    raise
+
+
+def _read(checkpointer: Checkpointer, step: int) -> tuple[dict, dict]:
+  try:
+    state = checkpointer.restore(step)
+    try:
+      config = checkpointer.restore_config(step)
+    except Exception:  # Converted weights, or an older checkpoint: no config to tell.
+      config = {}
+    return state, config
   finally:
     checkpointer.close()
-
-
-def _load_from(checkpointer: Checkpointer, path: str, directory: str, named_step: int | None,
-               action: str) -> Restored:
-  step = named_step if named_step is not None else checkpointer.best_step()
-  if step is None:
-    raise UserError(f"{path} holds no checkpoint: train first, or pass another path")
-  named = named_step is not None  # One step's folder: that one, or none.
-  steps = [step] if named else [s for s in checkpointer.steps() if s <= step]
-  restored = checkpointer.restore_newest_intact(steps=steps, skip_gone=False)
-  if restored is None:
-    raise UserError(f"checkpoint {os.path.join(directory, str(step))} is damaged"
-                    f"{'' if named else ', and so is every earlier one'}: pass another "
-                    "checkpoint, or the workdir of another run")
-  used_step, state = restored
-  try:
-    config = checkpointer.restore_live(used_step, read=checkpointer.restore_config)
-  except CheckpointGone:
-    raise
-  except Exception:
-    config = {}
-  if used_step != step:
-    logging.warning("the best checkpoint (step %d) is damaged; %s step %d instead", step, action,
-                    used_step)
-  variables = {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
-  if "ema" in state:
-    variables["ema"] = state["ema"]
-  return Restored(variables, config, used_step)

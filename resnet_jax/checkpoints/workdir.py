@@ -122,7 +122,7 @@ def refuse_if_in_use(workdir: str) -> None:
   message = ""
   if _is_lead():
     holder = _read_holder(path)
-    if holder is not None and _alive(holder) is not False:
+    if holder is not None and holder_alive(holder) is not False:
       message = _in_use_message(workdir, path, holder)
   message = _agree(message)
   if message:
@@ -140,7 +140,7 @@ def _take(path: str, workdir: str) -> dict:
     holder = _read_holder(path)
     if holder is None:  # Released in between.
       continue
-    if _alive(holder) is not False:
+    if holder_alive(holder) is not False:
       raise UserError(_in_use_message(workdir, path, holder))
     if _remove_stale(path, holder):
       logging.warning("took over the lock %s of a run that is no longer running (%s)", path,
@@ -213,7 +213,7 @@ def _slurm_job() -> dict:
           "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0"))}
 
 
-def _alive(holder: dict) -> bool | None:
+def holder_alive(holder: dict) -> bool | None:
   """Whether the holder's process runs; None where this host cannot tell (another host)."""
   mine = _slurm_job()
   # A requeued job (`--requeue`, after a node failure) keeps its ID and counts its

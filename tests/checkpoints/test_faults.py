@@ -17,14 +17,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 
-from resnet_jax.checkpoints import checkpointing, restore
+from resnet_jax.checkpoints import checkpointing, pins, restore
 from resnet_jax.train import trainer
+from tests import hooks
 from tests.conftest import REPO, damage_checkpoint, tiny_config, tiny_flags, write_mock_cifar10
 
 MOCK_EXAMPLES = 48  # Per split: 3 steps per epoch at batch 16.
@@ -61,21 +61,29 @@ def start(args, log_path) -> subprocess.Popen:
                             stdout=log, stderr=subprocess.STDOUT)
 
 
-def start_slow(args, log_path, **slow_spots) -> subprocess.Popen:
-  """The real command with slow spots to signal it in (tests/slow_main.py: SLOW_SAVE_S=...)."""
-  env = {**os.environ, **{name: str(value) for name, value in slow_spots.items()}}
+def start_held(args, log_path, release, **spots) -> subprocess.Popen:
+  """The real command held at spots (tests/slow_main.py: HOLD_SAVE_STEP=...) until release exists."""
+  env = {**os.environ, "RELEASE": str(release), **{k: str(v) for k, v in spots.items()}}
   with open(log_path, "w") as log:
     return subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "slow_main.py"),
                              *map(str, args)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                             env=env)
 
 
-def wait_for(log_path, text: str, process: subprocess.Popen, timeout: float = 300) -> None:
+def wait_for(log_path, text: str, process: subprocess.Popen) -> None:
   """Waits until the running process has written text to log_path."""
-  deadline = time.time() + timeout
-  while text not in log_path.read_text():
-    assert process.poll() is None and time.time() < deadline, log_path.read_text()[-3000:]
-    time.sleep(0.02)
+  hooks.wait_until(lambda: text in log_path.read_text(), repr(text),
+                   alive=lambda: process.poll() is None,
+                   describe=lambda: log_path.read_text()[-3000:])
+
+
+def signal_and_wait(process, sig, log_path, text: str) -> None:
+  """Sends sig and waits for the line the run logs on receiving it: signals never coalesce."""
+  count = log_path.read_text().count(text)
+  process.send_signal(sig)
+  hooks.wait_until(lambda: log_path.read_text().count(text) > count, repr(text),
+                   alive=lambda: process.poll() is None,
+                   describe=lambda: log_path.read_text()[-3000:])
 
 
 def assert_same_state(a, b) -> None:
@@ -138,15 +146,14 @@ def copy_of(trained, tmp_path):
 # Signals ---------------------------------------------------------------------
 
 
-def stop_when_training(workdir, args, log, sig, after_step=0) -> str:
-  """Starts the command, sends sig once it has logged a step past after_step; returns its output."""
-  process = start(args, log)
-  deadline = time.time() + 300
-  while (not any(r["step"] > after_step for r in train_records(workdir))
-         and process.poll() is None and time.time() < deadline):
-    time.sleep(0.05)
-  assert process.poll() is None, log.read_text()[-3000:]
-  process.send_signal(sig)
+def stop_when_training(workdir, args, log, sig, release) -> str:
+  """Starts the command held before its second train step, sends sig there; returns its output."""
+  if release.exists():
+    release.unlink()
+  process = start_held(args, log, release, HOLD_AT_CALL=2)
+  wait_for(log, "held: train step call 2", process)
+  signal_and_wait(process, sig, log, f"{sig.name} received: saving a checkpoint")
+  release.touch()
   code = process.wait(timeout=120)
   output = log.read_text()
   assert code == {signal.SIGTERM: 143, signal.SIGINT: 130}[sig], output[-3000:]
@@ -154,6 +161,7 @@ def stop_when_training(workdir, args, log, sig, after_step=0) -> str:
   return output
 
 
+@pytest.mark.slow
 def test_sigterm_and_sigint_save_the_current_step_and_rerun_resumes(tmp_path, data):
   workdir = tmp_path / "run"
   directory = checkpointing.checkpoint_dir(str(workdir))
@@ -163,34 +171,35 @@ def test_sigterm_and_sigint_save_the_current_step_and_rerun_resumes(tmp_path, da
   saved = []
   for sig in (signal.SIGTERM, signal.SIGINT):  # The second run resumes what the first saved.
     output = stop_when_training(workdir, args, tmp_path / f"{sig.name}.txt", sig,
-                                after_step=saved[-1] if saved else 0)
+                                tmp_path / "release")
     found = re.search(rf"stopped by {sig.name} at step (\d+); checkpoint saved in (\S+): rerun "
                       "the same command to resume", output)
     assert found, output[-3000:]
     step = int(found.group(1))
-    assert found.group(2) == os.path.join(directory, str(step)) and 0 < step < 1000
+    # Signalled during the second step of the session: that step is finished and saved.
+    assert found.group(2) == os.path.join(directory, str(step))
+    assert step == (saved[-1] if saved else 0) + 2
     if saved:
       assert f"resumed from {directory} at step {saved[-1]}" in output
-      assert step > saved[-1]
     saved.append(step)
     assert assert_all_restore(workdir) == saved and not unfinished_saves(workdir)
 
 
 def test_repeated_sigterm_during_a_save_finishes_it_and_rerun_equals_an_uninterrupted_run(
     trained, tmp_path, data):
-  workdir, log = tmp_path / "run", tmp_path / "log.txt"
+  workdir, log, release = tmp_path / "run", tmp_path / "log.txt", tmp_path / "release"
   args = flags(workdir, data, quiet=False, num_epochs=2.0, eval_every_epochs=2.0)  # As `trained`.
-  # Each save takes 3 s more in Orbax's background thread, before its rename into place.
-  process = start_slow(args, log, SLOW_SAVE_S=3)
-  wait_for(log, "slow save of step 3", process)
+  # The save of step 3 waits, all written but not renamed into place, until released.
+  process = start_held(args, log, release, HOLD_SAVE_STEP=3)
+  wait_for(log, "held: save of step 3", process)
   assert unfinished_saves(workdir)  # Signalled while the save is under way, twice (as SLURM can).
-  process.send_signal(signal.SIGTERM)
-  time.sleep(0.3)
-  process.send_signal(signal.SIGTERM)
+  signal_and_wait(process, signal.SIGTERM, log, "SIGTERM received: saving a checkpoint")
+  signal_and_wait(process, signal.SIGTERM, log,
+                  "SIGTERM received again: ignored, the run is already stopping")
+  release.touch()
   code = process.wait(timeout=120)
   output = log.read_text()
   assert code == 143 and "Traceback" not in output, output[-3000:]
-  assert "SIGTERM received again: ignored, the run is already stopping" in output
   directory = checkpointing.checkpoint_dir(str(workdir))
   found = re.search(rf"stopped by SIGTERM at step (\d+); checkpoint saved in {directory}/(\d+): "
                     "rerun the same command to resume\n", output)
@@ -206,21 +215,20 @@ def test_repeated_sigterm_during_a_save_finishes_it_and_rerun_equals_an_uninterr
   assert_same_state(restored(trained, 6), restored(workdir, 6))
 
 
+@pytest.mark.slow
 def test_ctrl_c_three_times_aborts_a_save_and_keeps_the_last_complete_checkpoint(
     trained, tmp_path, data):
   workdir, log = tmp_path / "run", tmp_path / "log.txt"
   args = flags(workdir, data, quiet=False, num_epochs=2.0, eval_every_epochs=2.0)  # As `trained`.
-  process = start_slow(args, log, SLOW_SAVE_S=60, SLOW_SAVE_FROM_STEP=6)  # The last save hangs.
-  wait_for(log, "slow save of step 6", process)
-  started = time.time()
-  for _ in range(3):
-    process.send_signal(signal.SIGINT)
-    time.sleep(0.3)
-  code = process.wait(timeout=120)
+  # The last save never finishes: released by a file that never appears.
+  process = start_held(args, log, tmp_path / "never", HOLD_SAVE_STEP=6)
+  wait_for(log, "held: save of step 6", process)
+  signal_and_wait(process, signal.SIGINT, log, "SIGINT received: saving a checkpoint")
+  signal_and_wait(process, signal.SIGINT, log, "press Ctrl-C 1 more time to abort without saving")
+  process.send_signal(signal.SIGINT)
+  code = process.wait(timeout=120)  # Exits with the save still held: it did not wait for it.
   output = log.read_text()
   assert code == 130 and "Traceback" not in output, output[-3000:]
-  assert time.time() - started < 30  # Not waiting for the 60 s save.
-  assert "press Ctrl-C 1 more time to abort without saving" in output
   directory = checkpointing.checkpoint_dir(str(workdir))
   assert output.rstrip().split("\n")[-1] == (
       f"error: interrupted without saving; the last complete checkpoint, {directory}/3, is "
@@ -234,17 +242,21 @@ def test_ctrl_c_three_times_aborts_a_save_and_keeps_the_last_complete_checkpoint
   assert_same_state(restored(trained, 6), restored(workdir, 6))
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_setting_up_or_compiling_the_first_step_is_a_clean_stop(
     trained, tmp_path, data):
   workdir = tmp_path / "run"
   args = flags(workdir, data, quiet=False, num_epochs=2.0, eval_every_epochs=2.0)  # As `trained`.
   outputs = {}
   # While compiling the initialiser and the train step's wrapper, then the train step.
-  for spot, variable in (("set-up", "SLOW_SETUP_S"), ("first step", "SLOW_FIRST_STEP_S")):
-    log = tmp_path / f"{spot}.txt"
-    process = start_slow(args, log, **{variable: 2})
-    wait_for(log, f"slow {spot}", process)
-    process.send_signal(signal.SIGINT)
+  for spot, hold, received in (
+      ("set-up", {"HOLD_SETUP": 1}, "SIGINT received during set-up"),
+      ("train step call 1", {"HOLD_AT_CALL": 1}, "SIGINT received: saving a checkpoint")):
+    log, release = tmp_path / f"{spot}.txt", tmp_path / f"release {spot}"
+    process = start_held(args, log, release, **hold)
+    wait_for(log, f"held: {spot}", process)
+    signal_and_wait(process, signal.SIGINT, log, received)
+    release.touch()
     code = process.wait(timeout=120)
     outputs[spot] = output = log.read_text()
     assert code == 130 and "Traceback" not in output, output[-3000:]
@@ -255,7 +267,7 @@ def test_ctrl_c_while_setting_up_or_compiling_the_first_step_is_a_clean_stop(
       assert not workdir.exists()
   directory = checkpointing.checkpoint_dir(str(workdir))
   assert (f"stopped by SIGINT at step 1; checkpoint saved in {directory}/1: rerun the same "
-          "command to resume") in outputs["first step"]
+          "command to resume") in outputs["train step call 1"]
   assert assert_all_restore(workdir) == [1]
 
   result = run(args, check=0)
@@ -266,56 +278,51 @@ def test_ctrl_c_while_setting_up_or_compiling_the_first_step_is_a_clean_stop(
 # SIGKILL -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigkill_mid_save_leaves_complete_checkpoints_and_rerun_resumes_keeping_few(
     trained, tmp_path, data):
   workdir, log = copy_of(trained, tmp_path), tmp_path / "log.txt"
-  # A save at every step (0.34 epoch = 1 step), so that the kill can land inside one.
+  # A save at every step (0.34 epoch = 1 step); the one of step 8 is held half done.
   args = flags(workdir, data, num_epochs=4.0, eval_every_epochs=2.0,
                checkpoint_every_epochs=0.34, log_every_steps=1)
-  process = start(args, log)
-  deadline = time.time() + 300
-  while process.poll() is None and time.time() < deadline:
-    if unfinished_saves(workdir):
-      process.kill()
-      break
-    time.sleep(0.002)
+  process = start_held(args, log, tmp_path / "never", HOLD_SAVE_STEP=8)
+  wait_for(log, "held: save of step 8", process)
+  assert unfinished_saves(workdir)
+  process.kill()
   process.wait(timeout=60)
   assert process.returncode == -signal.SIGKILL, log.read_text()[-3000:]
 
-  steps = assert_all_restore(workdir)  # Whatever the kill interrupted, these read back whole.
-  latest = steps[-1]
-  assert latest >= 6
+  steps = assert_all_restore(workdir)  # What the kill interrupted is not among them.
+  assert steps[-1] == 7, steps  # The save of step 8 was left unfinished.
+  assert unfinished_saves(workdir)
   directory = checkpointing.checkpoint_dir(str(workdir))
-  if not unfinished_saves(workdir):  # The kill fell between saves: leave what a killed save leaves.
-    half = os.path.join(directory, f"{latest + 1}.orbax-checkpoint-tmp")
-    shutil.copytree(os.path.join(directory, str(latest)), half)
-    damage_checkpoint(half, "truncated")
 
   # The rerun keeps one latest checkpoint besides the best (by eval accuracy, now every epoch).
   result = run(flags(workdir, data, quiet=False, num_epochs=4.0, eval_every_epochs=1.0,
                      checkpoint_every_epochs=0.34, log_every_steps=1, keep_checkpoints=1), check=0)
-  assert f"resumed from {directory} at step {latest}" in result.stderr
+  assert f"resumed from {directory} at step 7" in result.stderr
   assert not unfinished_saves(workdir)
   evals = {r["step"]: r["eval_accuracy"] for r in map(json.loads, (
       workdir / "metrics.jsonl").read_text().splitlines()) if "eval_accuracy" in r}
   best_steps = {step for step, accuracy in evals.items() if accuracy == max(evals.values())}
   steps = assert_all_restore(workdir)
   assert 12 in steps and len(steps) <= 2 and set(steps) - {12} <= best_steps, (steps, evals)
-  assert sorted(os.listdir(workdir / "checkpoints")) == sorted(map(str, steps))
+  assert sorted(n for n in os.listdir(workdir / "checkpoints") if not n.startswith(".")) == sorted(
+      map(str, steps))
+  assert not os.listdir(workdir / "checkpoints" / pins.DELETED)  # Pruned, then deleted.
 
 
 # Two runs, and readers, on one workdir -------------------------------------------
 
 
+@pytest.mark.slow
 def test_second_run_on_a_workdir_refuses_and_a_dead_runs_lock_is_taken_over(tmp_path, data):
   workdir = tmp_path / "run"
   args = flags(workdir, data, quiet=False, num_train_steps=1000, log_every_steps=1,
                eval_every_epochs=1000.0)
-  first = start(args, tmp_path / "first.txt")
-  deadline = time.time() + 300
-  while not any(r["step"] > 3 for r in train_records(workdir)) and time.time() < deadline:
-    assert first.poll() is None, (tmp_path / "first.txt").read_text()[-3000:]
-    time.sleep(0.05)
+  # Held before its fifth step until killed: alive, holding the lock, all along.
+  first = start_held(args, tmp_path / "first.txt", tmp_path / "never", HOLD_AT_CALL=5)
+  wait_for(tmp_path / "first.txt", "held: train step call 5", first)
 
   second = run(args)  # The same job, submitted twice.
   holder = json.loads((workdir / "run.lock").read_text())
@@ -334,7 +341,7 @@ def test_second_run_on_a_workdir_refuses_and_a_dead_runs_lock_is_taken_over(tmp_
   lines = (workdir / "metrics.jsonl").read_text().split("\n")[:-1]  # Less a torn last line.
   steps = [json.loads(line)["step"] for line in lines if "train_loss" in line]
   assert steps == list(range(1, len(steps) + 1))  # Each step logged once, by the first run alone.
-  # Killed at any moment, possibly mid-save: the resume starts from the newest intact step.
+  # Killed mid-run: the resume starts from the newest intact step.
   with checkpoints(workdir) as manager:
     latest = manager.restore_newest_intact()[0]
   result = run(flags(workdir, data, quiet=False, num_train_steps=latest + 1, log_every_steps=1,
@@ -346,37 +353,68 @@ def test_second_run_on_a_workdir_refuses_and_a_dead_runs_lock_is_taken_over(tmp_
   assert not lock.exists()
 
 
-def test_eval_and_reads_while_training_prunes_never_report_damage(tmp_path, data, caplog):
+@pytest.mark.slow
+def test_eval_and_predict_in_a_loop_while_training_prunes_each_step_they_read(
+    tmp_path, data, caplog, monkeypatch):
   workdir = tmp_path / "run"
-  # A save after every step, one kept and no eval: the newest checkpoint, which a reader
-  # picks, is deleted one step later.
+  directory = checkpointing.checkpoint_dir(str(workdir))
+  image = tmp_path / "image.npy"
+  np.save(image, np.zeros((16, 16, 3), np.uint8))
+  # A save after every step, one kept and no eval: the step a reader picks is pruned by the
+  # next save. Each reader holds its pin until that has happened, then reads.
   args = flags(workdir, data, num_train_steps=100000, checkpoint_every_epochs=0.34,
                keep_checkpoints=1, eval_every_epochs=100000.0)
   training = start(args, tmp_path / "train.txt")
+  readers = {}
   try:
-    directory, deadline = checkpointing.checkpoint_dir(str(workdir)), time.time() + 300
-    while not os.path.isdir(directory) or not any(n.isdigit() for n in os.listdir(directory)):
-      assert training.poll() is None and time.time() < deadline
-      time.sleep(0.05)
-    evaluation = subprocess.Popen(
-        [sys.executable, "-m", "resnet_jax.main", f"--workdir={workdir}", "--mode=eval",
-         "--quiet"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # Meanwhile what --mode=eval and predict read, in this process, as often as it can.
+    hooks.wait_until(lambda: os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(
+        directory)), "a first checkpoint", alive=lambda: training.poll() is None)
+    for i in range(3):
+      for program, reader_args in (("resnet_jax.main", [f"--workdir={workdir}", "--mode=eval",
+                                                        "--quiet"]),
+                                   ("resnet_jax.predict", [f"--workdir={workdir}", image])):
+        env = {**os.environ, "HOLD_PIN": "pruned", "RUN_MODULE": program}
+        readers[f"{program} {i}"] = subprocess.Popen(
+            [sys.executable, os.path.join(REPO, "tests", "slow_main.py"), *map(str, reader_args)],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # Meanwhile what they read, in this process, the same way.
     caplog.set_level("INFO")
-    steps, deadline = [], time.time() + 6
-    while time.time() < deadline or len(steps) < 3:
-      steps.append(restore.load_variables(str(workdir)).step)
-    stdout, stderr = evaluation.communicate(timeout=300)
+    monkeypatch.setattr(pins, "pinned", hooks.held_pin(pins.pinned, "pruned", None))
+    steps = [restore.load_variables(str(workdir)).step for _ in range(3)]
+    outputs = {name: reader.communicate(timeout=300) for name, reader in readers.items()}
+
+    # A reader killed while it holds a pin: the training run removes the pin at its next save.
+    killed, log = start_held([f"--workdir={workdir}", "--mode=eval", "--quiet"],
+                             tmp_path / "killed.txt", tmp_path / "never", HOLD_PIN="release"), (
+        tmp_path / "killed.txt")
+    wait_for(log, "held: pinned step", killed)
+    assert os.listdir(os.path.join(directory, pins.READERS))
+    killed.kill()
+    killed.wait(timeout=60)
+    hooks.wait_until(lambda: not os.path.exists(os.path.join(directory, pins.READERS)) or not
+                     os.listdir(os.path.join(directory, pins.READERS)),
+                     "the killed reader's pin removed", alive=lambda: training.poll() is None)
     assert training.poll() is None, (tmp_path / "train.txt").read_text()[-3000:]
   finally:
+    for reader in readers.values():
+      if reader.poll() is None:
+        reader.kill()
     training.send_signal(signal.SIGTERM)
     training.wait(timeout=120)
   assert steps == sorted(steps) and steps[-1] > steps[0]
   messages = [r.getMessage() for r in caplog.records]
   assert not [m for m in messages if "damaged" in m], messages
-  assert evaluation.returncode == 0, stderr[-3000:]
-  assert "damaged" not in stderr and "Traceback" not in stderr, stderr[-3000:]
-  assert re.match(rf"checkpoint {directory}/\d+ \(step \d+\) on test: accuracy", stdout), stdout
+  for name, (stdout, stderr) in outputs.items():
+    assert readers[name].returncode == 0, (name, stderr[-3000:])
+    assert "damaged" not in stderr and "Traceback" not in stderr, (name, stderr[-3000:])
+    held = re.search(r"held: pinned step (\d+)\nreleased: pinned step (\d+)\n", stderr)
+    assert held and held.group(1) == held.group(2), (name, stderr[-3000:])
+    if name.startswith("resnet_jax.main"):  # Evaluated the step it pinned, which was pruned.
+      assert re.match(rf"checkpoint {directory}/{held.group(1)} \(step {held.group(1)}\) on "
+                      "test: accuracy", stdout), (name, stdout)
+    else:
+      assert stdout.startswith(f"{image}\n  "), (name, stdout)
+      assert not os.path.exists(os.path.join(directory, held.group(1)))
 
 
 # Torn and missing files -----------------------------------------------------------
@@ -492,6 +530,7 @@ def test_damaged_file_fails_restore(trained, tmp_path, how):
     assert manager.restore_newest_intact()[0] == 3
 
 
+@pytest.mark.slow
 def test_damaged_checkpoint_eval_falls_back_and_resume_moves_it_aside(trained, tmp_path, data):
   workdir = copy_of(trained, tmp_path)
   directory = checkpointing.checkpoint_dir(str(workdir))
@@ -611,6 +650,7 @@ def test_full_disk_is_one_line_error_and_earlier_checkpoints_stay(tmp_path, data
 # Determinism -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_same_seed_is_bit_identical_and_other_seed_differs(tmp_path, data):
   for name, seed in (("a", 0), ("b", 0), ("c", 1)):
     config = tiny_config(seed=seed, data_dir=str(data), **CONSTANT_LR)

@@ -1,4 +1,4 @@
-"""Tests for resnet_jax.workdir's run lock and for reading a workdir that a run is pruning.
+"""Tests for resnet_jax.workdir's run lock (reading a workdir a run prunes: test_pins.py).
 
 The lock's behaviour in the real command (a second run refused, a dead run's
 lock taken over) is tested in test_faults.py; here are its rules one by one,
@@ -9,19 +9,16 @@ import datetime
 import json
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import threading
 
-import numpy as np
 import pytest
 
-from resnet_jax.checkpoints import checkpointing, restore, workdir as workdirs
+from resnet_jax.checkpoints import workdir as workdirs
 from resnet_jax.errors import UserError
 from tests import processes
-from tests.conftest import largest_state_file, tiny_config
+from tests.conftest import tiny_config
 
 
 def write_lock(workdir, **holder) -> dict:
@@ -123,51 +120,3 @@ def test_multi_process_run_refuses_together_without_hanging(tmp_path):
     assert lines[-1] == f"error: {in_use(workdir, holder)}", lines[-5:]
   assert json.loads((workdir / workdirs.LOCK_FILE).read_text()) == holder
   assert os.listdir(workdir) == [workdirs.LOCK_FILE]
-
-
-# Reading a workdir that a training run prunes -------------------------------------
-
-
-def write_checkpoints(directory, steps) -> None:
-  writer = checkpointing.Checkpointer(str(directory))
-  for step in steps:
-    state = {"params": {"w": np.full(3, step, np.float32)}, "batch_stats": {"m": np.zeros(2)}}
-    writer.save(step, state, {"model": "resnet_tiny"}, force=True)
-  writer.close()
-
-
-def test_checkpoint_pruned_while_read_is_picked_again_not_called_damaged(tmp_path, monkeypatch,
-                                                                         caplog):
-  directory = tmp_path / "checkpoints"
-  write_checkpoints(directory, [1, 2])
-  original_restore = checkpointing.Checkpointer.restore
-
-  def pruned_while_read(self, step, target=None):
-    """Step 2 is being deleted (Orbax's rmtree) as it is read: a file now, the rest soon."""
-    if step == 2 and (directory / "2").exists():
-      os.remove(largest_state_file(directory / "2"))
-      threading.Timer(0.05, shutil.rmtree, [directory / "2"], {"ignore_errors": True}).start()
-    return original_restore(self, step, target)
-
-  monkeypatch.setattr(checkpointing.Checkpointer, "restore", pruned_while_read)
-  caplog.set_level(logging.INFO)
-  restored = restore.load_variables(str(tmp_path))
-  assert restored.step == 1 and restored.config == {"model": "resnet_tiny"}
-  np.testing.assert_array_equal(restored.variables["params"]["w"], [1, 1, 1])
-  messages = [r.getMessage() for r in caplog.records]
-  assert (f"checkpoint {directory}/2 was deleted while being read (pruned by the run writing "
-          "there): picking again") in messages
-  assert not [m for m in messages if "damaged" in m], messages
-
-  write_checkpoints(directory, [2])  # Named by its folder: no other step will do.
-  with pytest.raises(UserError, match=rf"^checkpoint {directory}/2 was deleted while being read "
-                                      r"\(the run writing there prunes old checkpoints\): pass"):
-    restore.load_variables(str(directory / "2"))
-
-
-def test_unfinished_save_is_not_a_checkpoint_for_readers(tmp_path):
-  directory = tmp_path / "checkpoints"
-  write_checkpoints(directory, [1])
-  # A save in flight: Orbax writes into this folder and renames it when complete.
-  shutil.copytree(directory / "1", directory / "2.orbax-checkpoint-tmp-1234")
-  assert restore.load_variables(str(tmp_path)).step == 1

@@ -175,6 +175,73 @@ def test_init_checkpoint_damaged(trained, tmp_path):
   assert not workdir.exists()
 
 
+def other_programs_checkpoints(folder) -> None:
+  """What Orbax's CheckpointManager writes by default: one `default` item per step."""
+  import orbax.checkpoint as ocp
+  manager = ocp.CheckpointManager(str(folder / "checkpoints"))
+  manager.save(1, args=ocp.args.StandardSave({"w": np.ones(3, np.float32)}))
+  manager.wait_until_finished()
+  manager.close()
+
+
+def test_checkpoints_of_another_program_or_without_state_are_one_line_errors(trained, tmp_path):
+  other, partial = tmp_path / "other", tmp_path / "partial"
+  other_programs_checkpoints(other)
+  shutil.copytree(trained, partial)
+  shutil.rmtree(partial / "checkpoints" / "3" / "state")  # A step folder with an item missing.
+  image = tmp_path / "image.npy"
+  np.save(image, np.zeros((8, 8, 3), np.uint8))
+  commands = {
+      "eval other": ["-m", "resnet_jax.main", f"--workdir={other}", "--mode=eval", "--quiet"],
+      "predict other": ["-m", "resnet_jax.predict", f"--workdir={other}", image],
+      "export other": ["-m", "resnet_jax.export", f"--checkpoint={other}",
+                       f"--output={tmp_path / 'out.safetensors'}"],
+      "eval partial": ["-m", "resnet_jax.main", f"--workdir={partial}", "--mode=eval", "--quiet"],
+      "init partial": ["-m", "resnet_jax.main", *tiny_flags(tmp_path / "run", tmp_path / "data",
+                                                             init_checkpoint=partial)],
+  }
+  with concurrent.futures.ThreadPoolExecutor(len(commands)) as pool:
+    results = dict(zip(commands, pool.map(
+        lambda args: subprocess.run([sys.executable, *map(str, args)], cwd=REPO,
+                                    capture_output=True, text=True, timeout=300),
+        commands.values())))
+  for name, result in results.items():
+    if name.endswith("other"):
+      assert_clean_error(result, f"{other}/checkpoints/1 is not a resnet_jax checkpoint (it holds "
+                         "_CHECKPOINT_METADATA, commit_success.txt, default, no state/)",
+                         "python -m resnet_jax.convert")
+    else:
+      assert_clean_error(result, f"checkpoint {partial}/checkpoints/3 has no state/ item",
+                         "pass another checkpoint")
+  assert not (tmp_path / "out.safetensors").exists() and not (tmp_path / "run").exists()
+  assert not (other / "checkpoints" / ".readers").exists()
+
+
+@pytest.mark.parametrize("where", ["listing", "reading"])
+def test_checkpoints_this_user_may_not_read_are_one_line_errors(trained, tmp_path, monkeypatch,
+                                                                where):
+  from resnet_jax.checkpoints import restore
+  from resnet_jax.errors import UserError
+  import orbax.checkpoint as ocp
+  directory = trained / "checkpoints"
+  if where == "listing":  # Python's error for a folder that cannot be listed.
+    def refuse(self, *args, **kwargs):
+      raise PermissionError(13, "Permission denied", str(directory))
+    monkeypatch.setattr(ocp.CheckpointManager, "__init__", refuse)
+    path = directory
+  else:  # TensorStore's, for a data file that cannot be opened.
+    def refuse(self, step, target=None):
+      raise ValueError("FAILED_PRECONDITION: Error opening file: [os_error_code=13] "
+                       "Permission denied")
+    monkeypatch.setattr(checkpointing.Checkpointer, "restore", refuse)
+    path = directory / "3"
+  # Root reads through permission bits, so the refusals are simulated where they are raised.
+  with pytest.raises(UserError) as raised:
+    restore.load_variables(str(trained))
+  assert str(raised.value) == (f"cannot read the checkpoints in {path} (Permission denied): pass "
+                               "a checkpoint folder you can read (check its permissions)")
+
+
 def test_init_checkpoint_of_another_architecture(trained, tmp_path):
   # The mismatch shows once the data (number of channels) is known: give it mock data.
   write_mock_cifar10(str(tmp_path / "data"), 48)
