@@ -156,7 +156,7 @@ def flag_error_message(error: Exception, argv: Sequence[str]) -> str:
     close = difflib.get_close_matches(name, list(default_config.get_config().keys()), n=1)
     hint = f"did you mean --config.{close[0]}? " if close else ""
     return (f"unknown config field {name!r} in {arg}: {hint}every field is listed in "
-            "resnet_jax/default_config.py")
+            "resnet_jax/config/default_config.py")
   message = str(error).strip().splitlines()[0]
   if match := re.match(r"flag --config\.([\w.]+)=", message):
     try:

@@ -16,10 +16,7 @@ from resnet_jax.interop import convert
 from resnet_jax.models import resnet
 from resnet_jax.checkpoints.restore import load_variables
 from resnet_jax.errors import UserError
-from tests.conftest import assert_same_logits
-
-from tests.conftest import REPO
-
+from tests.conftest import REPO, assert_same_logits, randomize_torch_model
 
 # A torchvision-layout ResNet, written out so that parity needs no torchvision.
 
@@ -108,27 +105,6 @@ def _torch_resnet(block: str, stage_sizes: tuple[int, ...], stem: str, width: in
   return ResNet()
 
 
-def _randomize(net, seed: int) -> None:
-  """He-normal convolutions and non-trivial BN affine parameters and running statistics."""
-  import torch
-  from torch import nn
-  generator = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for m in net.modules():
-      if isinstance(m, nn.Conv2d):
-        fan_in = m.weight[0].numel()
-        m.weight.normal_(0.0, (2.0 / fan_in) ** 0.5, generator=generator)
-      elif isinstance(m, nn.BatchNorm2d):
-        m.weight.uniform_(0.5, 1.5, generator=generator)
-        m.bias.normal_(0.0, 0.2, generator=generator)
-        m.running_mean.normal_(0.0, 0.3, generator=generator)
-        m.running_var.uniform_(0.5, 2.0, generator=generator)
-      elif isinstance(m, nn.Linear):
-        m.weight.normal_(0.0, 1.0 / m.in_features ** 0.5, generator=generator)
-        m.bias.normal_(0.0, 0.1, generator=generator)
-  net.eval()
-
-
 @pytest.mark.parametrize("model_name, stem, image_size", [
     ("resnet18", "cifar", 32),
     ("resnet18", "imagenet", 64),
@@ -141,7 +117,7 @@ def test_logits_match_pytorch(model_name, stem, image_size):
                         "resnet50": ("bottleneck", (3, 4, 6, 3))}[model_name]
   width, num_classes = 16, 7
   net = _torch_resnet(block, stage_sizes, stem, width, num_classes)
-  _randomize(net, seed=0)
+  randomize_torch_model(net, seed=0)
   images_BHWC = np.random.default_rng(0).normal(size=(3, image_size, image_size, 3))
   images_BHWC = images_BHWC.astype(np.float32)
   with torch.no_grad():
@@ -339,7 +315,7 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
 def test_cli_converts_pth_to_a_checkpoint_and_never_overwrites(tmp_path):
   torch = pytest.importorskip("torch", reason="writing .pth files needs PyTorch")
   net = _torch_resnet("basic", (2, 2, 2, 2), "cifar", 8, 10)
-  _randomize(net, seed=1)
+  randomize_torch_model(net, seed=1)
   state_dict = net.state_dict()
   pth = tmp_path / "resnet18.pth"
   torch.save({"state_dict": {f"module.{k}": v for k, v in state_dict.items()}}, pth)

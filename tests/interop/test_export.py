@@ -18,7 +18,8 @@ from resnet_jax.evaluation import prediction
 from resnet_jax.checkpoints.checkpointing import Checkpointer
 from resnet_jax.errors import UserError
 from tests.conftest import assert_same_logits
-from tests.interop.test_convert import _as_torch_layout, _randomize, _tiny_variables, _torch_resnet
+from tests.conftest import randomize_torch_model
+from tests.interop.test_convert import _as_torch_layout, _tiny_variables, _torch_resnet
 from tests.evaluation.test_predict import _random_leaf
 
 from tests.conftest import REPO
@@ -94,7 +95,7 @@ def test_exported_weights_give_pytorch_the_same_logits(tmp_path, model_name, ste
 def test_pth_round_trip_is_bit_exact(tmp_path):
   torch = pytest.importorskip("torch", reason="writing .pth files needs PyTorch")
   net = _torch_resnet("basic", (2, 2, 2, 2), "imagenet", 8, 10)
-  _randomize(net, seed=2)
+  randomize_torch_model(net, seed=2)
   original = net.state_dict()  # num_batches_tracked 0, as in a fresh torchvision model.
   torch.save(original, tmp_path / "in.pth")
   convert.convert_file(str(tmp_path / "in.pth"), str(tmp_path / "converted"))
