@@ -10,8 +10,10 @@ t earlier steps, decay_t = min(ema_decay, 1 - (1 + t) ** -ema_warmup_power),
 so the first update copies the weights and the initial ones are forgotten
 early (a plain 0.999 would still hold 0.999^936 = 39% of them after two
 short epochs). timm's step counter is the optimizer steps done, t + 1, and it
-subtracts one; `warmup_power` 3/4 is its suggestion below ~100k steps. It is saved as `state["ema"]` in each checkpoint and restored with the
-rest, so a resumed run continues the same average. Evaluation, `--mode=eval`,
+subtracts one. The default power is timm's, 2/3 (timm suggests 3/4 for runs
+of ~100k steps); on a two-epoch Fashion-MNIST run 3/4 left the average 1.1
+points behind the raw weights and 2/3 0.4 (docs/benchmarks.md). The average
+is saved as `state["ema"]` in each checkpoint and restored with the rest, so a resumed run continues the same average. Evaluation, `--mode=eval`,
 predict, export and fine-tuning then use these weights.
 
 Checkpoints of runs without EMA hold no `ema` item, as before EMA existed;
