@@ -91,7 +91,11 @@ def load_predictor(path: str, tta: str | None = None) -> Predictor:
   if tta not in TTA_MODES:
     raise UserError(f"unknown test-time augmentation {tta!r}: pass --tta as one of "
                     f"{', '.join(TTA_MODES)}")
-  params = variables["params"]
+  params = variables.get("params") or {}
+  if "fc" not in params or "bn1" not in params:
+    raise UserError(f"{path} holds no ResNet that resnet_jax knows (its parameters are "
+                    f"{', '.join(sorted(params)[:5]) or 'empty'}): pass a checkpoint written by "
+                    "resnet_jax's training or by python -m resnet_jax.convert")
   num_classes = int(config.get("num_classes") or np.shape(params["fc"]["bias"])[0])
   base_width = int(config.get("width") or np.shape(params["bn1"]["scale"])[-1])
   try:

@@ -311,3 +311,14 @@ def test_images_above_the_limit_are_refused_by_name_without_pillows_warning(tmp_
   assert str(info.value) == (f"{path}: 300x40 pixels is more than predict decodes (0.01 "
                              "megapixels, 100x100): downscale it first")
   assert Image.MAX_IMAGE_PIXELS == 5000  # Restored.
+
+
+def test_a_checkpoint_of_another_network_is_one_line_not_a_key_error(tmp_path):
+  workdir = str(tmp_path / "other")
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
+  checkpointer.save(0, {"params": {"dense": {"kernel": np.ones((3, 2), np.float32)}},
+                        "batch_stats": {}}, {"dataset": "test"}, force=True)
+  checkpointer.close()
+  with pytest.raises(UserError, match=r"holds no ResNet that resnet_jax knows \(its parameters "
+                                      r"are dense\)"):
+    prediction.load_predictor(workdir)
