@@ -23,10 +23,10 @@ lr 0.4 (linear scaling), 5 warmup epochs, no weight decay on BatchNorm and
 biases, reduced precision; plus two of its refinements, cosine decay and label
 smoothing 0.1. The paper reports 76.66% top-1 for ResNet-50-B (this project's
 v1.5 architecture, stride in the 3x3) with the efficient recipe and step decay
-over 120 epochs, and 78.31% for ResNet-50-D with cosine and
-label smoothing added (both from its ablation tables; the
-figures were not re-checked against the paper here). Differences from it: 90 epochs (not 120), no
-zero-gamma on the last BN of each block (`--config.zero_init_residual=True`
+over 120 epochs, and 78.31% for ResNet-50-D with cosine and label smoothing
+added (both from its ablation tables; the figures were not re-checked against
+the paper here). Differences from it: 90 epochs (not 120), no zero-gamma
+on the last BN of each block (`--config.zero_init_residual=True`
 turns it on), bf16 (not fp16), ResNet-50-B (not -D) for the cosine figure.
 torchvision's 76.13% for ResNet-50 comes from another recipe (batch 256, lr 0.1
 stepped down 10x every 30 epochs, no warmup, no label smoothing, fp32) and is
