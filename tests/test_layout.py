@@ -2,6 +2,8 @@
 
 import ast
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -23,7 +25,7 @@ ALLOWED = {
     "cli": {"data", "models", "checkpoints", "config", "sharding", "errors", "interop",
             "evaluation", "reporting", "train"},
 }
-WORKER_MODULES = ("data/sources.py", "data/streaming.py")  # Imported by Grain's spawned workers.
+WORKER_MODULES = ("data/sources.py", "data/examples.py", "data/workers.py", "data/images.py")  # Imported by the worker processes.
 
 
 def _imports(path: pathlib.Path) -> set[str]:
@@ -69,7 +71,17 @@ def test_worker_modules_import_neither_jax_nor_tensorflow_at_top_level(module):
   top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
   names = {a.name.split(".")[0] for n in top if isinstance(n, ast.Import) for a in n.names}
   names |= {n.module.split(".")[0] for n in top if isinstance(n, ast.ImportFrom) and n.module}
-  assert not names & {"jax", "tensorflow", "flax"}, names
+  assert not names & {"jax", "tensorflow", "flax", "grain"}, names
+
+
+def test_worker_processes_load_neither_jax_nor_grain():
+  """What a worker imports (the forkserver's preload and the transform's pickle) stays light."""
+  code = ("import sys; import resnet_jax.data.workers, resnet_jax.data.examples, "
+          "resnet_jax.data.sources; "
+          "print(sorted(m for m in ('jax', 'grain', 'tensorflow', 'flax') if m in sys.modules))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       cwd=PACKAGE.parent).stdout.strip()
+  assert out == "[]", out
 
 
 def test_no_module_is_over_400_lines():

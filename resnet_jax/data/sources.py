@@ -48,6 +48,9 @@ def load_image(path: str, max_side: int = 0) -> np.ndarray:
       decode), keeping the shorter side >= max_side.
   """
   try:
+    fast = images.decode_rgb_jpeg(path, max_side)
+    if fast is not None:
+      return fast
     with images.open_image(path, max_side) as image:
       return images.to_mode_array(image)
   except Exception as e:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...).

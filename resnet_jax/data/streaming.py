@@ -8,8 +8,10 @@ on a 1-axis mesh over all devices. So the batches do not depend on the number
 of workers or processes, and a resumed run only needs its step (Grain's own
 iterator checkpoint depends on the worker count and is not used).
 
-Only the per-example decode and resize run here, in Grain worker processes;
-crops by padding, flips and normalisation run on the device.
+Only the per-example decode and resize run on the host (examples.py): in
+threads of this process through Grain (workers=0), or in the persistent
+worker processes of workers.py, which import no JAX and start in well under
+a second; crops by padding, flips and normalisation run on the device.
 """
 
 import gc
@@ -19,16 +21,13 @@ from collections.abc import Iterator
 import grain
 import numpy as np
 
+from resnet_jax.data import workers as worker_pool
+from resnet_jax.data.examples import EvalExample, TrainExample
 from resnet_jax.errors import UserError
-from resnet_jax.data.images import cover_side, min_decode_side, random_resized_crop, resize_center_crop
+
+_TrainExample, _EvalExample = TrainExample, EvalExample  # Their former names.
 
 TRAIN_CROPS = ("pad", "random_resized")
-
-
-def _read(source, index: int, max_side: int) -> dict:
-  """source[index], decoded reduced where the source supports it (see images.open_image)."""
-  read = getattr(source, "read", None)
-  return read(index, max_side) if read is not None else source[index]
 
 
 def _check_workers(workers: int) -> None:
@@ -41,71 +40,6 @@ def _local_batch_size(global_batch_size: int, process_count: int) -> int:
     raise UserError(f"batch size {global_batch_size} does not split evenly over {process_count} "
                     f"processes: set --config.batch_size to a positive multiple of {process_count}")
   return global_batch_size // process_count
-
-
-class _TrainExample(grain.transforms.Map):
-  """Row k of this process's stream to one augmented example; runs in Grain workers."""
-
-  def __init__(self, source, *, global_batch_size: int, local_batch_size: int,
-               process_index: int, image_size: int, train_crop: str,
-               crop_scale: tuple[float, float], seed: int):
-    self.source = source
-    self.num_examples = len(source)
-    self.global_batch_size, self.local_batch_size = global_batch_size, local_batch_size
-    self.steps_per_epoch = self.num_examples // global_batch_size
-    self.process_index, self.image_size = process_index, image_size
-    self.train_crop, self.crop_scale, self.seed = train_crop, tuple(crop_scale), seed
-    if train_crop == "pad":
-      self.max_side = image_size
-    else:  # Even the smallest crop, at the narrowest aspect ratio, keeps full resolution.
-      self.max_side = min_decode_side(image_size, self.crop_scale)
-    self._permutation = None  # (epoch, permutation), computed once per epoch per worker.
-
-  def __getstate__(self) -> dict:
-    return {**self.__dict__, "_permutation": None}
-
-  def _epoch_permutation(self, epoch: int) -> np.ndarray:
-    cached = self._permutation  # One read: threads may replace it concurrently.
-    if cached is None or cached[0] != epoch:
-      cached = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.num_examples))
-      self._permutation = cached
-    return cached[1]
-
-  def map(self, k: int) -> dict:
-    step, local_row = divmod(k, self.local_batch_size)
-    row = self.process_index * self.local_batch_size + local_row  # Row in the global batch.
-    epoch, position = divmod(step, self.steps_per_epoch)
-    index = int(self._epoch_permutation(epoch)[position * self.global_batch_size + row])
-    example = _read(self.source, index, self.max_side)
-    if self.train_crop == "pad":
-      image = resize_center_crop(example["image"], self.image_size)
-    else:
-      rng = np.random.default_rng([self.seed, step, row])
-      image = random_resized_crop(example["image"], self.image_size, rng, scale=self.crop_scale)
-    return {"image": image, "label": np.int32(example["label"])}
-
-
-class _EvalExample(grain.transforms.Map):
-  """Row k of this process's eval stream to one example with its mask (zeros past the end)."""
-
-  def __init__(self, source, *, global_batch_size: int, local_batch_size: int,
-               process_index: int, image_size: int, crop_fraction: float, channels: int):
-    self.source, self.num_examples = source, len(source)
-    self.global_batch_size, self.local_batch_size = global_batch_size, local_batch_size
-    self.process_index, self.image_size = process_index, image_size
-    self.crop_fraction, self.channels = crop_fraction, channels
-
-  def map(self, k: int) -> dict:
-    batch, local_row = divmod(k, self.local_batch_size)
-    index = (batch * self.global_batch_size + self.process_index * self.local_batch_size
-             + local_row)
-    if index >= self.num_examples:
-      return {"image": np.zeros((self.image_size, self.image_size, self.channels), np.uint8),
-              "label": np.int32(0), "mask": np.float32(0)}
-    example = _read(self.source, index,
-                    cover_side(self.image_size, self.image_size, self.crop_fraction))
-    image = resize_center_crop(example["image"], self.image_size, self.crop_fraction)
-    return {"image": image, "label": np.int32(example["label"]), "mask": np.float32(1)}
 
 
 def _owned(batch: dict) -> dict:
@@ -125,19 +59,18 @@ def _collect() -> None:
   gc.collect()
 
 
-def _iterate(dataset: grain.MapDataset, workers: int, prefetch: int) -> grain.DatasetIterator:
-  """Iterates over batches, in `workers` processes (0: threads of this process), in order."""
+def _iterate(transform, batch_size: int, first_batch: int, num_batches: int, workers: int,
+             prefetch: int):
+  """Batches first_batch.. of `transform`, in `workers` processes (0: threads of this process)."""
   prefetch = max(1, prefetch)
-  if workers == 0:
-    # Threads compute whole batches; Pillow's decode and resize release the GIL.
-    return iter(dataset.to_iter_dataset(
-        grain.ReadOptions(num_threads=prefetch, prefetch_buffer_size=prefetch)))
-  # Each worker makes whole batches (i, i + workers, ...), and Grain interleaves
-  # them back in order, so the output is the same for any worker count. The
-  # buffers bound memory to about workers * (prefetch + 1) batches.
-  return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
-              .mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
-                                                        per_worker_buffer_size=prefetch)))
+  if workers:
+    return worker_pool.BatchPool(transform, batch_size=batch_size, first_batch=first_batch,
+                                 num_batches=num_batches, workers=workers, prefetch=prefetch)
+  # Threads compute whole batches; Pillow's decode and resize release the GIL.
+  rows = grain.MapDataset.range(first_batch * batch_size, (first_batch + num_batches) * batch_size)
+  dataset = rows.map(transform.map).batch(batch_size, drop_remainder=True)
+  return iter(dataset.to_iter_dataset(
+      grain.ReadOptions(num_threads=prefetch, prefetch_buffer_size=prefetch)))
 
 
 class TrainStream:
@@ -166,9 +99,7 @@ class TrainStream:
         source, global_batch_size=global_batch_size, local_batch_size=self.local_batch_size,
         process_index=process_index, image_size=image_size, train_crop=train_crop,
         crop_scale=crop_scale, seed=seed)
-    rows = grain.MapDataset.range(start_step * self.local_batch_size,
-                                  max(start_step, num_steps) * self.local_batch_size)
-    self._dataset = rows.map(transform).batch(self.local_batch_size, drop_remainder=True)
+    self._transform, self._num_batches = transform, max(0, num_steps - start_step)
     self._workers, self._prefetch = workers, prefetch
     self._iterator = None
     self._closed = False
@@ -184,7 +115,8 @@ class TrainStream:
     start = time.perf_counter()
     try:
       if self._iterator is None:
-        self._iterator = _iterate(self._dataset, self._workers, self._prefetch)
+        self._iterator = _iterate(self._transform, self.local_batch_size, self.step,
+                                  self._num_batches, self._workers, self._prefetch)
       batch = _owned(next(self._iterator))
     except StopIteration:
       raise
@@ -240,13 +172,13 @@ def eval_batches(source, *, global_batch_size: int, image_size: int, crop_fracti
       source, global_batch_size=global_batch_size, local_batch_size=local_batch_size,
       process_index=process_index, image_size=image_size, crop_fraction=crop_fraction,
       channels=_channels(source))
-  dataset = (grain.MapDataset.range(num_batches * local_batch_size).map(transform)
-             .batch(local_batch_size))
-  return _owned_batches(dataset, workers, prefetch)  # Errors above raise now, not at first next.
+  # Errors above raise now, not at the first next.
+  return _owned_batches(transform, local_batch_size, num_batches, workers, prefetch)
 
 
-def _owned_batches(dataset: grain.MapDataset, workers: int, prefetch: int) -> Iterator[dict]:
-  iterator = _iterate(dataset, workers, prefetch)
+def _owned_batches(transform, batch_size: int, num_batches: int, workers: int,
+                   prefetch: int) -> Iterator[dict]:
+  iterator = _iterate(transform, batch_size, 0, num_batches, workers, prefetch)
   try:
     for batch in iterator:
       yield _owned(batch)

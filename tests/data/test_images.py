@@ -150,3 +150,29 @@ def test_reduced_decode_keeps_the_smallest_crop_at_full_resolution():
   narrow = min(round(math.sqrt(area * 3 / 4)), round(math.sqrt(area / (4 / 3))))
   assert narrow >= 224, (side, narrow)
   assert side <= 1.01 * 224 / math.sqrt(0.08 * 3 / 4) + 1  # And no larger than needed.
+
+
+def test_simplejpeg_decode_gives_pillows_pixels_and_steps_aside_for_what_it_cannot_do(tmp_path):
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  pixels = rng.integers(0, 256, (300, 460, 3), np.uint8)
+  plain = str(tmp_path / "plain.jpg")
+  Image.fromarray(pixels).save(plain, quality=90)
+  for min_side in (0, 40, 70, 150, 299, 1000):
+    ours = images.decode_rgb_jpeg(plain, min_side)
+    with images.open_image(plain, min_side) as image:
+      pillow = images.to_mode_array(image)
+    assert ours is not None and ours.shape == pillow.shape, (min_side, ours, pillow.shape)
+    np.testing.assert_array_equal(ours, pillow)
+    assert min(ours.shape[:2]) >= min(min_side, 300)
+  assert images.decode_rgb_jpeg(plain, 70).shape[0] < 300  # Reduced, as Pillow's draft.
+  rotated = str(tmp_path / "rotated.jpg")
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  Image.fromarray(pixels).save(rotated, exif=exif)
+  grey = str(tmp_path / "grey.jpg")
+  Image.fromarray(pixels[..., 0]).save(grey)
+  png = str(tmp_path / "picture.png")
+  Image.fromarray(pixels).save(png)
+  for path in (rotated, grey, png):  # Pillow's path handles these (rotation, grey to RGB).
+    assert images.decode_rgb_jpeg(path) is None, path

@@ -1,5 +1,7 @@
 """Grain streams: order a pure function of (seed, step), any worker or process count, exact eval."""
 
+import os
+
 import numpy as np
 import pytest
 from absl import flags
@@ -187,3 +189,19 @@ def test_eval_counts_every_example_once(process_count):
     assert (image[mask == 0] == 0).all()
   assert total_mask == 13
   assert labels == list(range(13))
+
+
+def test_a_bad_picture_in_a_worker_is_the_users_error_and_stops_the_workers(tmp_path):
+  from PIL import Image
+  for i in range(8):
+    os.makedirs(tmp_path / "train" / f"c{i % 2}", exist_ok=True)
+    Image.fromarray(np.full((20, 20, 3), i * 20, np.uint8)).save(
+        tmp_path / "train" / f"c{i % 2}" / f"{i}.jpg")
+  (tmp_path / "train" / "c0" / "0.jpg").write_bytes(b"\xff\xd8 not a picture")
+  source = sources.FolderSource(str(tmp_path), "train")
+  stream = streaming.TrainStream(source, global_batch_size=4, image_size=8, train_crop="pad",
+                                 crop_scale=(0.08, 1.0), seed=0, start_step=0, num_steps=4,
+                                 workers=2)
+  with pytest.raises(UserError, match="cannot decode .*0.jpg"):
+    list(stream)
+  assert stream._iterator is None and list(stream) == []  # Closed: the workers are gone.

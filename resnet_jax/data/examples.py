@@ -1,0 +1,85 @@
+"""One row of a stream to one example: the picklable work that worker processes run.
+
+Imports no JAX, TensorFlow or Grain, so that a worker process starts fast.
+"""
+
+import numpy as np
+
+from resnet_jax.data.images import cover_side, min_decode_side, random_resized_crop, resize_center_crop
+
+
+def _read(source, index: int, max_side: int) -> dict:
+  """source[index], decoded reduced where the source supports it (see images.open_image)."""
+  read = getattr(source, "read", None)
+  return read(index, max_side) if read is not None else source[index]
+
+
+class TrainExample:
+  """Row k of this process's stream to one augmented example; runs in Grain workers."""
+
+  def __init__(self, source, *, global_batch_size: int, local_batch_size: int,
+               process_index: int, image_size: int, train_crop: str,
+               crop_scale: tuple[float, float], seed: int):
+    self.source = source
+    self.num_examples = len(source)
+    self.global_batch_size, self.local_batch_size = global_batch_size, local_batch_size
+    self.steps_per_epoch = self.num_examples // global_batch_size
+    self.process_index, self.image_size = process_index, image_size
+    self.train_crop, self.crop_scale, self.seed = train_crop, tuple(crop_scale), seed
+    if train_crop == "pad":
+      self.max_side = image_size
+    else:  # Even the smallest crop, at the narrowest aspect ratio, keeps full resolution.
+      self.max_side = min_decode_side(image_size, self.crop_scale)
+    self._permutation = None  # (epoch, permutation), computed once per epoch per worker.
+
+  def __getstate__(self) -> dict:
+    return {**self.__dict__, "_permutation": None}
+
+  def _epoch_permutation(self, epoch: int) -> np.ndarray:
+    cached = self._permutation  # One read: threads may replace it concurrently.
+    if cached is None or cached[0] != epoch:
+      cached = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.num_examples))
+      self._permutation = cached
+    return cached[1]
+
+  def map(self, k: int) -> dict:
+    step, local_row = divmod(k, self.local_batch_size)
+    row = self.process_index * self.local_batch_size + local_row  # Row in the global batch.
+    epoch, position = divmod(step, self.steps_per_epoch)
+    index = int(self._epoch_permutation(epoch)[position * self.global_batch_size + row])
+    example = _read(self.source, index, self.max_side)
+    if self.train_crop == "pad":
+      image = resize_center_crop(example["image"], self.image_size)
+    else:
+      rng = np.random.default_rng([self.seed, step, row])
+      image = random_resized_crop(example["image"], self.image_size, rng, scale=self.crop_scale)
+    return {"image": image, "label": np.int32(example["label"])}
+
+
+class EvalExample:
+  """Row k of this process's eval stream to one example with its mask (zeros past the end)."""
+
+  def __init__(self, source, *, global_batch_size: int, local_batch_size: int,
+               process_index: int, image_size: int, crop_fraction: float, channels: int):
+    self.source, self.num_examples = source, len(source)
+    self.global_batch_size, self.local_batch_size = global_batch_size, local_batch_size
+    self.process_index, self.image_size = process_index, image_size
+    self.crop_fraction, self.channels = crop_fraction, channels
+
+  def map(self, k: int) -> dict:
+    batch, local_row = divmod(k, self.local_batch_size)
+    index = (batch * self.global_batch_size + self.process_index * self.local_batch_size
+             + local_row)
+    if index >= self.num_examples:
+      return {"image": np.zeros((self.image_size, self.image_size, self.channels), np.uint8),
+              "label": np.int32(0), "mask": np.float32(0)}
+    example = _read(self.source, index,
+                    cover_side(self.image_size, self.image_size, self.crop_fraction))
+    image = resize_center_crop(example["image"], self.image_size, self.crop_fraction)
+    return {"image": image, "label": np.int32(example["label"]), "mask": np.float32(1)}
+
+
+def make_batch(transform, start: int, size: int) -> dict:
+  """Rows start..start+size-1 of `transform`, stacked into one batch of arrays."""
+  rows = [transform.map(k) for k in range(start, start + size)]
+  return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
