@@ -4,10 +4,12 @@ sources.py: every dataset (a TFDS dataset or an image folder) as a random-access
 tfds_source.py: TFDS preparation (download or manual_dir, ArrayRecord) and TfdsSource.
 images.py: one picture decoded, framed for eval and predict, or random-resized-cropped.
 memory.py: a source decoded whole, once, cached as .npz, held on every device.
-streaming.py: a source streamed through Grain workers, one process's rows of each batch.
+streaming.py: a source streamed in threads (Grain) or worker processes, one process's rows of each batch.
+examples.py: one row of a stream to one example, the work the worker processes run.
+workers.py: persistent worker processes, forked from a light forkserver, making whole batches in order.
 pipeline.py: which of the two a run uses, and the per-step input of each.
 augment.py: crops, flips, normalisation and mixing, on device inside the compiled step.
 
-May import `sharding` and `errors`; sources, tfds_source, images and streaming import no JAX,
-so that Grain's worker processes start fast.
+May import `sharding` and `errors`; sources, tfds_source, images, examples and workers import no JAX or Grain,
+so that worker processes start fast.
 """

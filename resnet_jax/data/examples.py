@@ -15,7 +15,7 @@ def _read(source, index: int, max_side: int) -> dict:
 
 
 class TrainExample:
-  """Row k of this process's stream to one augmented example; runs in Grain workers."""
+  """Row k of this process's stream to one augmented example; runs in worker processes or threads."""
 
   def __init__(self, source, *, global_batch_size: int, local_batch_size: int,
                process_index: int, image_size: int, train_crop: str,

@@ -1,6 +1,6 @@
 """One picture: decoded from a file, framed for evaluation, or cropped at random for training.
 
-Everything here works on one example on the host (in Grain workers, in the
+Everything here works on one example on the host (in worker processes, in the
 memory pipeline's decode, and in predict) and imports neither JAX nor
 TensorFlow, so worker processes start fast. Eval and predict frame a picture
 with the same function (`frame`), as torchvision's `Resize(round(size /

@@ -4,7 +4,7 @@
 `RandomAccessDataSource` protocol (`__len__`, `__getitem__`, plus `read` for a
 reduced decode and `read_many` for batched reads), carry `labels`,
 `class_names` and `image_shape()`, and pickle small (paths, not pixels),
-since Grain workers start with spawn. Nothing here imports JAX or
+since worker processes get them pickled. Nothing here imports JAX or
 TensorFlow, so worker processes start fast.
 """
 

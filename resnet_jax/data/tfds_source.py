@@ -4,7 +4,7 @@
 dataset prepared as TFRecord gets ArrayRecord files beside it once
 (`convert_to_array_record`), and `TfdsSource` then reads any split by index
 without TensorFlow, as Grain's `RandomAccessDataSource` protocol asks. The
-source pickles small (names, not pixels), since Grain workers start with spawn.
+source pickles small (names, not pixels), since worker processes get it pickled.
 """
 
 import functools
