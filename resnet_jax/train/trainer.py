@@ -250,7 +250,8 @@ class Trainer:
       raise NonFiniteLossError(f"{e}; {self._what_is_saved()}: lower --config.learning_rate or "
                                "check the data, then rerun to resume") from None
     if means is not None:
-      self.writer.write(step, step / self.steps_per_epoch, {**means, **self.clock.train_fields()})
+      self.writer.write(step, step / self.steps_per_epoch,
+                        {**means, **self.clock.train_fields(), **self._data_wait_fields()})
       self.progress.update_metrics(means)
 
   def _earlier_records(self, start: int) -> list[dict]:
@@ -279,6 +280,16 @@ class Trainer:
           logging.info("eval accuracy first reached %s after %s of training", key[8:-2],
                        metric_log.format_duration(seconds))
     return metrics
+
+  def _data_wait_fields(self) -> dict:
+    """A streamed run's data_wait_fraction: the share of the wall time since the last train
+    record that the loop spent blocked on the host pipeline (evaluations included)."""
+    if not self.train_input.waits_on_host:
+      return {}
+    now, waited = time.time(), self.train_input.wait_seconds
+    since, waited_before = getattr(self, "_wait_mark", (self.started, 0.0))
+    self._wait_mark = (now, waited)
+    return {"data_wait_fraction": min(1.0, (waited - waited_before) / max(now - since, 1e-9))}
 
   def _report_data_wait(self) -> None:
     """Says when streamed steps waited on the host pipeline for much of the time."""
