@@ -25,6 +25,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from resnet_jax.data import images, memory, sources, streaming
+from resnet_jax.data import workers as worker_pool
 from resnet_jax.errors import UserError
 from resnet_jax import sharding
 
@@ -209,22 +210,29 @@ class MemoryTrainInput:
 
 
 class StreamTrainInput:
-  """Batches decoded by a Grain pipeline on each host, from the resumed step on."""
+  """Batches decoded on each host, from the resumed step on.
+
+  With config.data_workers > 0, `workers` are the run's worker processes:
+  the training stream's, and its evaluations' (`EvalInput(..., pool=workers)`),
+  started with the first batch and stopped by `close`.
+  """
 
   waits_on_host = True
 
   def __init__(self, config: ml_collections.ConfigDict, source, mesh: Mesh, num_steps: int):
     self.config, self.source, self.mesh, self.num_steps = config, source, mesh, num_steps
     self.stream = None
+    self.workers = (worker_pool.Workers(config.data_workers) if config.data_workers > 0
+                    else None)
 
   def start(self, step: int) -> None:
-    """Positions the stream at `step`: the data order is a function of seed and step alone."""
+    """Positions the stream at `step` (once): the data order is a function of seed and step alone."""
     config = self.config
     self.stream = streaming.TrainStream(
         self.source, global_batch_size=config.batch_size, image_size=config.input_shape[0],
         train_crop=config.train_crop, crop_scale=tuple(config.crop_scale), seed=config.seed,
         start_step=step, num_steps=self.num_steps, workers=config.data_workers,
-        process_index=jax.process_index(), process_count=jax.process_count())
+        process_index=jax.process_index(), process_count=jax.process_count(), pool=self.workers)
 
   @property
   def wait_seconds(self) -> float:
@@ -236,13 +244,25 @@ class StreamTrainInput:
   def close(self) -> None:
     if self.stream is not None:
       self.stream.close()
+    if self.workers is not None:
+      self.workers.close()
 
 
-def stream_eval_batches(config: ml_collections.ConfigDict, source, mesh: Mesh
-                        ) -> Iterator[dict[str, jax.Array]]:
-  """The eval split as padded, masked global batches, the same count on every process."""
-  for local in streaming.eval_batches(
-      source, global_batch_size=config.eval_batch_size, image_size=config.input_shape[0],
-      crop_fraction=images.eval_crop_fraction(config), process_index=jax.process_index(),
-      process_count=jax.process_count(), workers=config.data_workers):
-    yield global_batch(local, mesh)
+class StreamEvalInput:
+  """The eval split as padded, masked global batches, the same count on every process.
+
+  Each call is one pass. With `pool` (a training run's workers, before they
+  start), every pass runs on them; otherwise each pass starts its own.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, source, mesh: Mesh,
+               pool: worker_pool.Workers | None = None):
+    self.mesh = mesh
+    self.stream = streaming.EvalStream(
+        source, global_batch_size=config.eval_batch_size, image_size=config.input_shape[0],
+        crop_fraction=images.eval_crop_fraction(config), process_index=jax.process_index(),
+        process_count=jax.process_count(), workers=config.data_workers, pool=pool)
+
+  def __call__(self) -> Iterator[dict[str, jax.Array]]:
+    for local in self.stream():
+      yield global_batch(local, self.mesh)

@@ -60,12 +60,17 @@ def _collect() -> None:
 
 
 def _iterate(transform, batch_size: int, first_batch: int, num_batches: int, workers: int,
-             prefetch: int):
-  """Batches first_batch.. of `transform`, in `workers` processes (0: threads of this process)."""
+             prefetch: int, pool: "tuple[worker_pool.Workers, int] | None" = None):
+  """Batches first_batch.. of `transform`: from `pool` (workers and the transform's key) where
+  given, else in `workers` processes of their own (0: threads of this process)."""
   prefetch = max(1, prefetch)
+  if pool is not None:
+    workers_, key = pool
+    return workers_.batches(key, batch_size=batch_size, first_batch=first_batch,
+                            num_batches=num_batches, prefetch=prefetch)
   if workers:
-    return worker_pool.BatchPool(transform, batch_size=batch_size, first_batch=first_batch,
-                                 num_batches=num_batches, workers=workers, prefetch=prefetch)
+    return worker_pool.own_batches(transform, batch_size=batch_size, first_batch=first_batch,
+                                   num_batches=num_batches, workers=workers, prefetch=prefetch)
   # Threads compute whole batches; Pillow's decode and resize release the GIL.
   rows = grain.MapDataset.range(first_batch * batch_size, (first_batch + num_batches) * batch_size)
   dataset = rows.map(transform.map).batch(batch_size, drop_remainder=True)
@@ -77,11 +82,14 @@ class TrainStream:
   """This process's rows of the training batches for steps start_step..num_steps-1, uint8.
 
   `wait_seconds` is the total time `next` blocked, starting the workers included.
+  With `pool` (workers that have not started yet), the batches come from
+  those workers, which outlive the stream; otherwise from `workers` of its own.
   """
 
   def __init__(self, source, *, global_batch_size: int, image_size: int, train_crop: str,
                crop_scale: tuple[float, float], seed: int, start_step: int, num_steps: int,
-               workers: int, process_index: int = 0, process_count: int = 1, prefetch: int = 2):
+               workers: int, process_index: int = 0, process_count: int = 1, prefetch: int = 2,
+               pool: worker_pool.Workers | None = None):
     if train_crop not in TRAIN_CROPS:
       raise UserError(f"train_crop {train_crop!r} is not known: set --config.train_crop to one "
                       f"of {', '.join(TRAIN_CROPS)}")
@@ -101,6 +109,7 @@ class TrainStream:
         crop_scale=crop_scale, seed=seed)
     self._transform, self._num_batches = transform, max(0, num_steps - start_step)
     self._workers, self._prefetch = workers, prefetch
+    self._pool = (pool, pool.register(transform)) if pool is not None else None
     self._iterator = None
     self._closed = False
     self.step = start_step  # The step of the next batch.
@@ -116,7 +125,7 @@ class TrainStream:
     try:
       if self._iterator is None:
         self._iterator = _iterate(self._transform, self.local_batch_size, self.step,
-                                  self._num_batches, self._workers, self._prefetch)
+                                  self._num_batches, self._workers, self._prefetch, self._pool)
       batch = _owned(next(self._iterator))
     except StopIteration:
       raise
@@ -153,36 +162,44 @@ def _channels(source) -> int:
   return int(channels) if channels else int(np.asarray(source[0]["image"]).shape[-1])
 
 
-def eval_batches(source, *, global_batch_size: int, image_size: int, crop_fraction: float,
-                 process_index: int = 0, process_count: int = 1, workers: int = 0,
-                 prefetch: int = 2) -> Iterator[dict]:
-  """This process's rows of every eval batch: image, label and mask (0 on padding rows).
+class EvalStream:
+  """This process's rows of every eval batch, one whole pass per call: image, label and mask.
 
   Every process yields num_eval_batches(len(source), global_batch_size)
   batches, so collective steps stay in lockstep; over all processes each
-  example appears exactly once with mask 1.
+  example appears exactly once with mask 1 (0 on padding rows). With `pool`
+  (workers that have not started yet, e.g. the training stream's), every pass
+  runs on those same workers; otherwise each pass starts `workers` of its own.
   """
-  local_batch_size = _local_batch_size(global_batch_size, process_count)
-  _check_workers(workers)
-  if not 0 < crop_fraction <= 1:
-    raise UserError(f"crop_fraction {crop_fraction} is not in (0, 1]: set "
-                    "--config.eval_crop_fraction to e.g. 0.875 (or 1.0 for no crop)")
-  num_batches = num_eval_batches(len(source), global_batch_size)
-  transform = _EvalExample(
-      source, global_batch_size=global_batch_size, local_batch_size=local_batch_size,
-      process_index=process_index, image_size=image_size, crop_fraction=crop_fraction,
-      channels=_channels(source))
-  # Errors above raise now, not at the first next.
-  return _owned_batches(transform, local_batch_size, num_batches, workers, prefetch)
+
+  def __init__(self, source, *, global_batch_size: int, image_size: int, crop_fraction: float,
+               process_index: int = 0, process_count: int = 1, workers: int = 0,
+               prefetch: int = 2, pool: worker_pool.Workers | None = None):
+    self.local_batch_size = _local_batch_size(global_batch_size, process_count)
+    _check_workers(workers)
+    if not 0 < crop_fraction <= 1:
+      raise UserError(f"crop_fraction {crop_fraction} is not in (0, 1]: set "
+                      "--config.eval_crop_fraction to e.g. 0.875 (or 1.0 for no crop)")
+    self.num_batches = num_eval_batches(len(source), global_batch_size)
+    self._transform = EvalExample(
+        source, global_batch_size=global_batch_size, local_batch_size=self.local_batch_size,
+        process_index=process_index, image_size=image_size, crop_fraction=crop_fraction,
+        channels=_channels(source))
+    self._workers, self._prefetch = workers, prefetch
+    self._pool = (pool, pool.register(self._transform)) if pool is not None else None
+
+  def __call__(self) -> Iterator[dict]:
+    iterator = _iterate(self._transform, self.local_batch_size, 0, self.num_batches,
+                        self._workers, self._prefetch, self._pool)
+    try:
+      for batch in iterator:
+        yield _owned(batch)
+    finally:
+      iterator.close()
+      del iterator
+      _collect()
 
 
-def _owned_batches(transform, batch_size: int, num_batches: int, workers: int,
-                   prefetch: int) -> Iterator[dict]:
-  iterator = _iterate(transform, batch_size, 0, num_batches, workers, prefetch)
-  try:
-    for batch in iterator:
-      yield _owned(batch)
-  finally:
-    iterator.close()
-    del iterator
-    _collect()
+def eval_batches(source, **kwargs) -> Iterator[dict]:
+  """One pass of `EvalStream(source, **kwargs)`; bad arguments raise now, not at the first next."""
+  return EvalStream(source, **kwargs)()

@@ -4,11 +4,13 @@ Grain's `mp_prefetch` starts each worker with `spawn`, and the worker then
 imports Grain, which imports JAX: about 2 s before the first batch, every
 time a stream starts. These workers are forked from a `forkserver` that has
 imported only examples.py (numpy and Pillow), so a pool starts in a fraction
-of a second, and one pool serves a whole training run, all epochs.
+of a second. One pool (`Workers`) serves a whole training run: every epoch
+of the training stream and every evaluation during it, each a transform
+registered before the first batch and installed in each worker once.
 
-Batch b is rows [b * size, (b + 1) * size) of the transform, a pure function
+Batch b of a transform is rows [b * size, (b + 1) * size), a pure function
 of b, so the output is the same for any worker count; `prefetch` batches per
-worker are in flight at once, which bounds memory.
+worker are in flight at once for each stream, which bounds memory.
 """
 
 import collections
@@ -17,18 +19,18 @@ import multiprocessing
 import pickle
 from collections.abc import Iterator
 
-_transform = None  # Each worker's transform, installed once when the worker starts.
+_transforms: list = []  # Each worker's transforms, installed once when the worker starts.
 _PRELOAD = ["resnet_jax.data.examples"]
 
 
-def _install(blob: bytes) -> None:
-  global _transform
-  _transform = pickle.loads(blob)
+def _install(blobs: list[bytes]) -> None:
+  global _transforms
+  _transforms = [pickle.loads(blob) for blob in blobs]
 
 
-def _batch(start: int, size: int) -> dict:
+def _batch(key: int, start: int, size: int) -> dict:
   from resnet_jax.data.examples import make_batch
-  return make_batch(_transform, start, size)
+  return make_batch(_transforms[key], start, size)
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -37,33 +39,88 @@ def _context() -> multiprocessing.context.BaseContext:
   return context
 
 
-class BatchPool:
-  """Batches first_batch, first_batch+1, ... of `transform` (rows of `batch_size`), in order.
+class Workers:
+  """`count` worker processes for the transforms registered before the first batch.
 
-  Iterate to get them; `close` stops the workers (also on an error in one).
+  They start with the first `batches` call and stop at `close`; a transform
+  cannot be added once they run (each worker received the list at start).
   """
 
-  def __init__(self, transform, *, batch_size: int, first_batch: int, num_batches: int,
-               workers: int, prefetch: int = 2):
-    self._executor = concurrent.futures.ProcessPoolExecutor(
-        max_workers=workers, mp_context=_context(), initializer=_install,
-        initargs=(pickle.dumps(transform),))
+  def __init__(self, count: int):
+    if count < 1:
+      raise ValueError(f"Workers needs at least one process, not {count}")
+    self.count = count
+    self._blobs: list[bytes] = []
+    self._executor = None
+    self._closed = False
+
+  def register(self, transform) -> int:
+    """The key under which `batches` makes batches of `transform`."""
+    if self._executor is not None or self._closed:
+      raise RuntimeError("register every transform before the workers start")
+    self._blobs.append(pickle.dumps(transform))
+    return len(self._blobs) - 1
+
+  @property
+  def started(self) -> bool:
+    return self._executor is not None
+
+  def submit(self, key: int, start: int, size: int) -> concurrent.futures.Future:
+    if self._closed:
+      raise RuntimeError("these workers were closed")
+    if self._executor is None:
+      self._executor = concurrent.futures.ProcessPoolExecutor(
+          max_workers=self.count, mp_context=_context(), initializer=_install,
+          initargs=(self._blobs,))
+    return self._executor.submit(_batch, key, start, size)
+
+  def batches(self, key: int, *, batch_size: int, first_batch: int, num_batches: int,
+              prefetch: int = 2) -> "Batches":
+    """Batches first_batch.. of transform `key`, in order."""
+    return Batches(self, key, batch_size=batch_size, first_batch=first_batch,
+                   num_batches=num_batches, prefetch=prefetch)
+
+  def close(self) -> None:
+    """Stops the processes, dropping work not yet started; idempotent."""
+    self._closed = True
+    if self._executor is not None:
+      self._executor.shutdown(wait=True, cancel_futures=True)
+      self._executor = None
+
+  def __enter__(self) -> "Workers":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
+
+class Batches:
+  """An iterator over one stream's batches; `close` drops its batches not yet taken.
+
+  With `owns_workers`, closing it (or an error in a batch) also stops the
+  workers.
+  """
+
+  def __init__(self, workers: Workers, key: int, *, batch_size: int, first_batch: int,
+               num_batches: int, prefetch: int = 2, owns_workers: bool = False):
+    self._workers, self._key, self._owns = workers, key, owns_workers
     self._batch_size = batch_size
     self._next, self._end = first_batch, first_batch + max(0, num_batches)
-    self._depth = max(1, workers * max(1, prefetch))
+    self._depth = max(1, workers.count * max(1, prefetch))
     self._pending: collections.deque = collections.deque()
+    self._closed = False
 
   def _fill(self) -> None:
     while len(self._pending) < self._depth and self._next < self._end:
-      self._pending.append(self._executor.submit(
-          _batch, self._next * self._batch_size, self._batch_size))
+      self._pending.append(self._workers.submit(
+          self._key, self._next * self._batch_size, self._batch_size))
       self._next += 1
 
   def __iter__(self) -> Iterator[dict]:
     return self
 
   def __next__(self) -> dict:
-    if self._executor is None:
+    if self._closed:
       raise StopIteration
     self._fill()
     if not self._pending:
@@ -77,16 +134,27 @@ class BatchPool:
     return batch
 
   def close(self) -> None:
-    """Stops the workers, dropping batches not yet taken; idempotent."""
-    if self._executor is not None:
-      for future in self._pending:
-        future.cancel()
-      self._pending.clear()
-      self._executor.shutdown(wait=True, cancel_futures=True)
-      self._executor = None
+    """Idempotent."""
+    if self._closed:
+      return
+    self._closed = True
+    for future in self._pending:
+      future.cancel()
+    self._pending.clear()
+    if self._owns:
+      self._workers.close()
 
-  def __enter__(self) -> "BatchPool":
+  def __enter__(self) -> "Batches":
     return self
 
   def __exit__(self, *exc_info) -> None:
     self.close()
+
+
+def own_batches(transform, *, batch_size: int, first_batch: int, num_batches: int, workers: int,
+              prefetch: int = 2) -> Batches:
+  """Batches of one transform from workers of its own, stopped when the batches are closed."""
+  pool = Workers(workers)
+  key = pool.register(transform)
+  return Batches(pool, key, batch_size=batch_size, first_batch=first_batch,
+                 num_batches=num_batches, prefetch=prefetch, owns_workers=True)

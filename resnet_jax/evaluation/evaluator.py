@@ -41,7 +41,10 @@ class Evaluator:
   the host pipeline and one compiled program adds up each batch's sums.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, split: Any):
+  def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, split: Any,
+               workers: Any = None):
+    """`workers`: for a streamed split, worker processes to read it with on every pass
+    (the training stream's, before they start); otherwise each pass starts its own."""
     self.config, self.mesh = config, mesh
     self.data, self.source = None, None  # The split on device (memory), or its source (stream).
     if isinstance(split, memory.Split):
@@ -51,6 +54,7 @@ class Evaluator:
       self._evaluate = eval_steps.compile_evaluate(config, mesh)
     else:
       self.source = split
+      self._passes = pipeline.StreamEvalInput(config, split, mesh, pool=workers)
       self._accumulate = eval_steps.compile_eval_batch(config, mesh)
 
   def run(self, state: build.TrainState) -> dict[str, Any]:
@@ -74,7 +78,7 @@ class Evaluator:
       return summarize(jax.device_get(self._evaluate(state, self.data)))
     totals = jax.device_put(eval_steps.zero_eval_totals(self.config.num_classes),
                             sharding.replicated(self.mesh))
-    for batch in pipeline.stream_eval_batches(self.config, self.source, self.mesh):
+    for batch in self._passes():
       totals = self._accumulate(state, batch, totals)
     return summarize(jax.device_get(totals))
 

@@ -134,7 +134,8 @@ class Trainer:
       self.train_input = pipeline.StreamTrainInput(self.config, training_data.train_source,
                                                self.mesh, self.num_train_steps)
       eval_split = training_data.eval_source
-    self.evaluator = evaluator.Evaluator(self.config, self.mesh, eval_split)
+    self.evaluator = evaluator.Evaluator(self.config, self.mesh, eval_split,
+                                         workers=getattr(self.train_input, "workers", None))
 
   # Checkpoints -------------------------------------------------------------
 

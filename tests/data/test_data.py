@@ -41,8 +41,12 @@ def folder_flags(workdir, root, **overrides):
 
 def test_folder_streams_trains_evaluates_predicts_and_fine_tunes(mixed_folder, tmp_path):
   workdir = tmp_path / "run"
-  result = run(["-m", "resnet_jax.main", *folder_flags(workdir, mixed_folder, num_epochs=2.0)])
+  # Two worker processes decode the training stream and both evaluations.
+  result = run(["-m", "resnet_jax.main", *folder_flags(workdir, mixed_folder, num_epochs=2.0,
+                                                       data_workers=2)])
   assert result.returncode == 0, result.stderr[-3000:]
+  evals = [r for r in map(json.loads, open(workdir / "metrics.jsonl")) if "eval_count" in r]
+  assert len(evals) == 2 and all(r["eval_count"] == 12 for r in evals)
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["input_pipeline"] == "stream"  # Auto: the images differ in size.
   assert saved["class_names"] == sorted(CLASSES) and saved["input_shape"] == [16, 16, 3]

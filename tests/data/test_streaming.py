@@ -7,6 +7,7 @@ import pytest
 from absl import flags
 
 from resnet_jax.data import images, sources, streaming
+from resnet_jax.data import workers as worker_pool
 from resnet_jax.errors import UserError
 from tests.conftest import write_image_folder
 
@@ -205,3 +206,31 @@ def test_a_bad_picture_in_a_worker_is_the_users_error_and_stops_the_workers(tmp_
   with pytest.raises(UserError, match="cannot decode .*0.jpg"):
     list(stream)
   assert stream._iterator is None and list(stream) == []  # Closed: the workers are gone.
+
+
+class PidSource(IndexSource):
+  """Label: the id of the process that read the example."""
+
+  def __getitem__(self, i: int) -> dict:
+    return {**super().__getitem__(i), "label": np.int32(os.getpid())}
+
+
+def test_one_pool_serves_the_training_stream_and_every_eval():
+  """A run's workers start once: training batches and each eval pass come from the same ones."""
+  source = PidSource(8)
+  with worker_pool.Workers(2) as pool:
+    train = train_stream(source, num_steps=4, workers=2, pool=pool)
+    evals = streaming.EvalStream(source, global_batch_size=4, image_size=8, crop_fraction=1.0,
+                                 workers=2, pool=pool)
+    with pytest.raises(RuntimeError, match="before the workers start"):
+      next(train), pool.register(object())
+    readers = {int(pid) for batch in [*train, *evals(), *evals()] for pid in batch["label"]}
+    train.close()  # The stream's end leaves the pool running for the next eval.
+    readers |= {int(pid) for batch in evals() for pid in batch["label"]}
+  assert 1 <= len(readers) <= 2 and os.getpid() not in readers
+  with pytest.raises(RuntimeError, match="closed"):
+    list(evals())
+  # Without a pool each pass starts workers of its own: other processes.
+  alone = streaming.EvalStream(source, global_batch_size=4, image_size=8, crop_fraction=1.0,
+                               workers=2)
+  assert not {int(pid) for batch in alone() for pid in batch["label"]} & readers
