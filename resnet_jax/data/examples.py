@@ -79,7 +79,12 @@ class EvalExample:
     return {"image": image, "label": np.int32(example["label"]), "mask": np.float32(1)}
 
 
+def make_rows(transform, start: int, size: int) -> list[dict]:
+  """Rows start..start+size-1 of `transform`."""
+  return [transform.map(k) for k in range(start, start + size)]
+
+
 def make_batch(transform, start: int, size: int) -> dict:
   """Rows start..start+size-1 of `transform`, stacked into one batch of arrays."""
-  rows = [transform.map(k) for k in range(start, start + size)]
+  rows = make_rows(transform, start, size)
   return {key: np.stack([row[key] for row in rows]) for key in rows[0]}

@@ -81,13 +81,66 @@ def _draft_factor(width: int, height: int, min_side: int) -> int:
   return next(k for k in (8, 4, 2, 1) if k <= max(most, 1))
 
 
+_EXIF, _XMP = b"Exif\0\0", b"http://ns.adobe.com/xap/1.0/\0"
+_ORIENTATION = 0x0112
+
+
+def _tiff_orientation(tiff: bytes) -> int | None:
+  """The Orientation tag of an EXIF block's first IFD (1 without one); None if malformed."""
+  order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+  if order is None or int.from_bytes(tiff[2:4], order) != 42:
+    return None
+  ifd = int.from_bytes(tiff[4:8], order)
+  if ifd + 2 > len(tiff):
+    return None
+  count = int.from_bytes(tiff[ifd:ifd + 2], order)
+  if ifd + 2 + 12 * count > len(tiff):
+    return None
+  for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
+    if int.from_bytes(tiff[entry:entry + 2], order) == _ORIENTATION:
+      if int.from_bytes(tiff[entry + 2:entry + 4], order) != 3:  # SHORT, as the standard says.
+        return None
+      return int.from_bytes(tiff[entry + 8:entry + 10], order)
+  return 1
+
+
+def jpeg_orientation(data: bytes) -> int | None:
+  """The EXIF orientation (1-8) that Pillow's `exif_transpose` would apply to a JPEG, from
+  the segments before its image data; None where only Pillow can tell (an XMP packet,
+  which Pillow also reads, or a malformed header)."""
+  orientation, pos = 1, 2
+  while pos + 4 <= len(data):
+    if data[pos] != 0xFF:
+      return None
+    marker = data[pos + 1]
+    if marker == 0xFF:  # Fill byte.
+      pos += 1
+      continue
+    if marker == 0xDA:  # Start of scan: every header segment has been seen.
+      return orientation
+    if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # No length field.
+      pos += 2
+      continue
+    length = int.from_bytes(data[pos + 2:pos + 4], "big")
+    segment = data[pos + 4:pos + 2 + length]
+    if marker == 0xE1 and segment.startswith(_XMP):
+      return None
+    if marker == 0xE1 and segment.startswith(_EXIF) and orientation == 1:
+      orientation = _tiff_orientation(segment[len(_EXIF):])
+      if orientation is None:
+        return None
+    pos += 2 + length
+  return None
+
+
 def decode_rgb_jpeg(path: str, min_side: int = 0) -> np.ndarray | None:
   """A colour JPEG without EXIF rotation decoded by simplejpeg to RGB uint8, else None.
 
   The same libjpeg-turbo decode as Pillow's (the same pixels, reduced by the
-  factor `open_image` would pick), without Pillow's image object and copies:
-  about 1.4x as fast on 500x375 photos. Anything else (other formats, grey,
-  CMYK, rotated, or simplejpeg missing) returns None: the caller uses Pillow.
+  factor `open_image` would pick), without Pillow's image object and copies,
+  and with the header read by simplejpeg and `jpeg_orientation`: about 1.5x
+  as fast on 500x375 photos. Anything else (other formats, grey, CMYK,
+  rotated, or simplejpeg missing) returns None: the caller uses Pillow.
   """
   try:
     import simplejpeg
@@ -97,10 +150,12 @@ def decode_rgb_jpeg(path: str, min_side: int = 0) -> np.ndarray | None:
     data = f.read()
   if data[:2] != b"\xff\xd8":
     return None
-  with Image.open(io.BytesIO(data)) as image:  # Header only: mode, size and EXIF.
-    if image.format != "JPEG" or image.mode != "RGB" or image.getexif().get(0x0112, 1) != 1:
-      return None
-    width, height = image.size
+  try:
+    height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+  except ValueError:  # Not a header libjpeg-turbo reads: Pillow says why.
+    return None
+  if colorspace not in ("YCbCr", "RGB") or jpeg_orientation(data) != 1:
+    return None
   factor = _draft_factor(width, height, min_side)
   try:
     return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=-(-height // factor),

@@ -11,16 +11,35 @@ registered before the first batch and installed in each worker once.
 Batch b of a transform is rows [b * size, (b + 1) * size), a pure function
 of b, so the output is the same for any worker count; `prefetch` batches per
 worker are in flight at once for each stream, which bounds memory.
+
+A worker stacks its batch straight into a slot file in /dev/shm (memory,
+reserved with posix_fallocate so that a full /dev/shm is an error, not a
+SIGBUS), and the main process copies it out: two copies, against five for
+a batch pickled through the executor's pipe, which stays the fallback where
+/dev/shm is missing or full. Slot b % depth of a stream is reused once
+batch b has been copied out; the files are removed when the pool closes,
+and a later pool removes those of a process that died.
 """
 
 import collections
 import concurrent.futures
+import glob
+import itertools
+import mmap
 import multiprocessing
+import os
 import pickle
 from collections.abc import Iterator
 
+import numpy as np
+
 _transforms: list = []  # Each worker's transforms, installed once when the worker starts.
 _PRELOAD = ["resnet_jax.data.examples"]
+SLOT_DIR = "/dev/shm"
+_SLOT_PREFIX = "resnet_jax-batch-"
+_ALIGN = 64
+_pools = itertools.count()
+_mapped: dict[str, mmap.mmap] = {}  # Slot files this process has mapped, by path.
 
 
 def _install(blobs: list[bytes]) -> None:
@@ -28,9 +47,58 @@ def _install(blobs: list[bytes]) -> None:
   _transforms = [pickle.loads(blob) for blob in blobs]
 
 
-def _batch(key: int, start: int, size: int) -> dict:
-  from resnet_jax.data.examples import make_batch
-  return make_batch(_transforms[key], start, size)
+def _map(path: str, size: int, create: bool) -> mmap.mmap | None:
+  """At least `size` bytes of slot file `path`, mapped (and kept) by this process; None
+  where it cannot be (no /dev/shm, or no room in it)."""
+  held = _mapped.get(path)
+  if held is not None and len(held) >= size:
+    return held
+  try:
+    fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
+    try:
+      if create and os.fstat(fd).st_size < size:
+        os.posix_fallocate(fd, 0, size)  # ENOSPC now, rather than SIGBUS on a write.
+      mapped = mmap.mmap(fd, size)
+    finally:
+      os.close(fd)
+  except (OSError, ValueError):
+    return None
+  if held is not None:
+    held.close()
+  _mapped[path] = mapped
+  return mapped
+
+
+def _layout(rows: list[dict]) -> tuple[list[tuple[str, str, tuple, int]], int]:
+  """(name, dtype, shape, offset) of each stacked array, and the bytes they take."""
+  layout, offset = [], 0
+  for name in rows[0]:
+    first = np.asarray(rows[0][name])
+    shape = (len(rows), *first.shape)
+    layout.append((name, first.dtype.str, shape, offset))
+    offset += -(-int(np.prod(shape)) * first.dtype.itemsize // _ALIGN) * _ALIGN
+  return layout, offset
+
+
+def _batch(key: int, start: int, size: int, slot: str | None):
+  """One batch, stacked into slot file `slot` (returns where it lies) or returned whole."""
+  from resnet_jax.data.examples import make_rows
+  rows = make_rows(_transforms[key], start, size)
+  layout, nbytes = _layout(rows)
+  mapped = _map(slot, nbytes, create=True) if slot else None
+  if mapped is None:
+    return {name: np.stack([row[name] for row in rows]) for name, *_ in layout}
+  for name, dtype, shape, offset in layout:
+    np.stack([row[name] for row in rows], out=np.ndarray(shape, dtype, mapped, offset))
+  return slot, layout, nbytes
+
+
+def _read_slot(slot: str, layout, nbytes: int) -> dict:
+  mapped = _map(slot, nbytes, create=False)
+  if mapped is None:
+    raise RuntimeError(f"the batch slot {slot} could not be read back")
+  return {name: np.array(np.ndarray(shape, dtype, mapped, offset))
+          for name, dtype, shape, offset in layout}
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -39,20 +107,45 @@ def _context() -> multiprocessing.context.BaseContext:
   return context
 
 
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def remove_stale_slots(directory: str = SLOT_DIR) -> None:
+  """Removes the slot files of pools whose process no longer runs on this machine."""
+  for path in glob.glob(os.path.join(directory, _SLOT_PREFIX + "*")):
+    pid = os.path.basename(path)[len(_SLOT_PREFIX):].split("-", 1)[0]
+    if pid.isdigit() and not _alive(int(pid)):
+      try:
+        os.unlink(path)
+      except OSError:
+        pass
+
+
 class Workers:
   """`count` worker processes for the transforms registered before the first batch.
 
-  They start with the first `batches` call and stop at `close`; a transform
-  cannot be added once they run (each worker received the list at start).
+  They start with the first batch and stop at `close`; a transform cannot
+  be added once they run (each worker received the list at start).
   """
 
-  def __init__(self, count: int):
+  def __init__(self, count: int, slot_dir: str | None = SLOT_DIR):
     if count < 1:
       raise ValueError(f"Workers needs at least one process, not {count}")
     self.count = count
     self._blobs: list[bytes] = []
     self._executor = None
     self._closed = False
+    usable = slot_dir is not None and os.path.isdir(slot_dir) and os.access(slot_dir, os.W_OK)
+    self._slot_base = (os.path.join(slot_dir, f"{_SLOT_PREFIX}{os.getpid()}-{next(_pools)}-")
+                       if usable else None)
+    self._active: set[int] = set()  # Keys with a Batches open: one at a time shares slots.
 
   def register(self, transform) -> int:
     """The key under which `batches` makes batches of `transform`."""
@@ -61,18 +154,20 @@ class Workers:
     self._blobs.append(pickle.dumps(transform))
     return len(self._blobs) - 1
 
-  @property
-  def started(self) -> bool:
-    return self._executor is not None
+  def slot(self, key: int, index: int) -> str | None:
+    return f"{self._slot_base}{key}-{index}" if self._slot_base else None
 
-  def submit(self, key: int, start: int, size: int) -> concurrent.futures.Future:
+  def submit(self, key: int, start: int, size: int, slot: str | None
+             ) -> concurrent.futures.Future:
     if self._closed:
       raise RuntimeError("these workers were closed")
     if self._executor is None:
+      if self._slot_base:
+        remove_stale_slots(os.path.dirname(self._slot_base))
       self._executor = concurrent.futures.ProcessPoolExecutor(
           max_workers=self.count, mp_context=_context(), initializer=_install,
           initargs=(self._blobs,))
-    return self._executor.submit(_batch, key, start, size)
+    return self._executor.submit(_batch, key, start, size, slot)
 
   def batches(self, key: int, *, batch_size: int, first_batch: int, num_batches: int,
               prefetch: int = 2) -> "Batches":
@@ -81,11 +176,20 @@ class Workers:
                    num_batches=num_batches, prefetch=prefetch)
 
   def close(self) -> None:
-    """Stops the processes, dropping work not yet started; idempotent."""
+    """Stops the processes, dropping work not yet started, and removes the slots; idempotent."""
     self._closed = True
     if self._executor is not None:
       self._executor.shutdown(wait=True, cancel_futures=True)
       self._executor = None
+    if self._slot_base:
+      for path in glob.glob(glob.escape(self._slot_base) + "*"):
+        mapped = _mapped.pop(path, None)
+        if mapped is not None:
+          mapped.close()
+        try:
+          os.unlink(path)
+        except OSError:
+          pass
 
   def __enter__(self) -> "Workers":
     return self
@@ -103,6 +207,9 @@ class Batches:
 
   def __init__(self, workers: Workers, key: int, *, batch_size: int, first_batch: int,
                num_batches: int, prefetch: int = 2, owns_workers: bool = False):
+    if key in workers._active:
+      raise RuntimeError(f"transform {key} already has a stream open on these workers")
+    workers._active.add(key)
     self._workers, self._key, self._owns = workers, key, owns_workers
     self._batch_size = batch_size
     self._next, self._end = first_batch, first_batch + max(0, num_batches)
@@ -111,9 +218,11 @@ class Batches:
     self._closed = False
 
   def _fill(self) -> None:
+    # Batch b goes to slot b % depth: batch b - depth, its last user, was copied out already.
     while len(self._pending) < self._depth and self._next < self._end:
+      slot = self._workers.slot(self._key, self._next % self._depth)
       self._pending.append(self._workers.submit(
-          self._key, self._next * self._batch_size, self._batch_size))
+          self._key, self._next * self._batch_size, self._batch_size, slot))
       self._next += 1
 
   def __iter__(self) -> Iterator[dict]:
@@ -127,6 +236,8 @@ class Batches:
       raise StopIteration
     try:
       batch = self._pending.popleft().result()
+      if isinstance(batch, tuple):
+        batch = _read_slot(*batch)
     except BaseException:
       self.close()
       raise
@@ -134,13 +245,14 @@ class Batches:
     return batch
 
   def close(self) -> None:
-    """Idempotent."""
+    """Idempotent. Waits for its batches already being made, which write into its slots."""
     if self._closed:
       return
     self._closed = True
-    for future in self._pending:
-      future.cancel()
+    running = [future for future in self._pending if not future.cancel()]
     self._pending.clear()
+    concurrent.futures.wait(running)
+    self._workers._active.discard(self._key)
     if self._owns:
       self._workers.close()
 
@@ -151,8 +263,8 @@ class Batches:
     self.close()
 
 
-def own_batches(transform, *, batch_size: int, first_batch: int, num_batches: int, workers: int,
-              prefetch: int = 2) -> Batches:
+def own_batches(transform, *, batch_size: int, first_batch: int, num_batches: int,
+                workers: int, prefetch: int = 2) -> Batches:
   """Batches of one transform from workers of its own, stopped when the batches are closed."""
   pool = Workers(workers)
   key = pool.register(transform)

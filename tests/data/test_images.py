@@ -176,3 +176,48 @@ def test_simplejpeg_decode_gives_pillows_pixels_and_steps_aside_for_what_it_cann
   Image.fromarray(pixels).save(png)
   for path in (rotated, grey, png):  # Pillow's path handles these (rotation, grey to RGB).
     assert images.decode_rgb_jpeg(path) is None, path
+
+
+def test_jpeg_orientation_reads_what_pillow_reads(tmp_path):
+  """The header parse that lets colour JPEGs skip Pillow agrees with Pillow's getexif on
+  every orientation, either byte order, other tags, and no EXIF; an XMP packet (which
+  Pillow also reads) or a malformed block leaves the file to Pillow."""
+  from PIL import Image
+  pixels = np.random.default_rng(1).integers(0, 256, (40, 60, 3), np.uint8)
+  cases = {}
+  for orientation in range(1, 9):
+    exif = Image.Exif()
+    exif[0x0110] = "camera"  # A tag before it: the parse must walk the IFD.
+    exif[0x0112] = orientation
+    cases[f"o{orientation}"] = {"exif": exif}
+  big_endian = (b"Exif\0\0MM\x00\x2a\x00\x00\x00\x08\x00\x01"
+                b"\x01\x12\x00\x03\x00\x00\x00\x01\x00\x03\x00\x00\x00\x00\x00\x00")
+  cases["big_endian"] = {"exif": big_endian}
+  no_orientation = Image.Exif()
+  no_orientation[0x0110] = "camera"
+  cases["other_tags"] = {"exif": no_orientation}
+  cases["none"] = {}
+  for name, options in cases.items():
+    path = tmp_path / f"{name}.jpg"
+    Image.fromarray(pixels).save(path, **options)
+    with Image.open(path) as image:
+      expected = image.getexif().get(0x0112, 1)
+    assert images.jpeg_orientation(path.read_bytes()) == expected, name
+    decoded = images.decode_rgb_jpeg(str(path))
+    assert (decoded is not None) == (expected == 1), name
+    if decoded is not None:
+      with images.open_image(str(path)) as image:
+        np.testing.assert_array_equal(decoded, images.to_mode_array(image))
+  assert {images.jpeg_orientation((tmp_path / f"o{k}.jpg").read_bytes()) for k in range(1, 9)} \
+      == set(range(1, 9))
+  xmp = tmp_path / "xmp.jpg"
+  Image.fromarray(pixels).save(xmp, xmp=b"<x:xmpmeta><tiff:Orientation>6</tiff:Orientation>"
+                                          b"</x:xmpmeta>")
+  with Image.open(xmp) as image:
+    assert image.getexif().get(0x0112) == 6  # Pillow rotates it by its XMP alone.
+  assert images.jpeg_orientation(xmp.read_bytes()) is None
+  assert images.decode_rgb_jpeg(str(xmp)) is None
+  broken = bytearray((tmp_path / "o6.jpg").read_bytes())
+  at = broken.index(b"Exif\0\0") + 6
+  broken[at:at + 2] = b"XX"  # Neither byte order.
+  assert images.jpeg_orientation(bytes(broken)) is None

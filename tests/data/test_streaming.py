@@ -234,3 +234,33 @@ def test_one_pool_serves_the_training_stream_and_every_eval():
   alone = streaming.EvalStream(source, global_batch_size=4, image_size=8, crop_fraction=1.0,
                                workers=2)
   assert not {int(pid) for batch in alone() for pid in batch["label"]} & readers
+
+
+def test_batches_come_back_through_slot_files_or_the_pipe_alike(folder, tmp_path):
+  """Workers stack batches into slot files (or, without a usable slot folder, send them
+  through the pipe): the same batches either way; a pool removes its slots when it closes
+  and, when it starts, those of a process that died."""
+  import subprocess
+  import sys
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  stale = tmp_path / f"resnet_jax-batch-{dead}-0-0-0"
+  live = tmp_path / f"resnet_jax-batch-{os.getpid()}-99-0-0"  # A live pool's: kept.
+  stale.write_bytes(b"x"), live.write_bytes(b"x")
+  args = dict(num_steps=6, image_size=16, train_crop="random_resized")
+  expected = collect(train_stream(folder, **args))
+  for slot_dir in (str(tmp_path), str(tmp_path / "missing")):
+    with worker_pool.Workers(2, slot_dir=slot_dir) as pool:
+      stream = train_stream(folder, workers=2, pool=pool, **args)
+      got = collect(stream)
+      slots = sorted(p.name for p in tmp_path.glob("resnet_jax-batch-*") if p != live)
+      if slot_dir == str(tmp_path):  # Depth 4 (2 workers x 2): slots 0-3 of transform 0.
+        assert slots == [f"resnet_jax-batch-{os.getpid()}-{slots[0].split('-')[3]}-0-{i}"
+                         for i in range(4)], slots
+      else:
+        assert slots == []
+    for a, b in zip(expected, got, strict=True):
+      np.testing.assert_array_equal(a["image"], b["image"])
+      np.testing.assert_array_equal(a["label"], b["label"])
+  assert not stale.exists() and live.exists()
+  assert sorted(p.name for p in tmp_path.glob("resnet_jax-batch-*")) == [live.name]
