@@ -185,6 +185,7 @@ def test_sigterm_and_sigint_save_the_current_step_and_rerun_resumes(tmp_path, da
     assert assert_all_restore(workdir) == saved and not unfinished_saves(workdir)
 
 
+@pytest.mark.slow
 def test_repeated_sigterm_during_a_save_finishes_it_and_rerun_equals_an_uninterrupted_run(
     trained, tmp_path, data):
   workdir, log, release = tmp_path / "run", tmp_path / "log.txt", tmp_path / "release"
@@ -463,6 +464,7 @@ def test_without_config_json_eval_reads_the_checkpoints_config_and_resume_checks
   assert assert_all_restore(workdir) == [3, 6] and not (workdir / "damaged_checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_non_finite_loss_on_a_fresh_workdir_says_nothing_was_saved_on_its_own_line(tmp_path, data):
   workdir = tmp_path / "run"
   result = run(flags(workdir, data, quiet=False, learning_rate="inf", log_every_steps=1))
@@ -554,6 +556,7 @@ def test_damaged_checkpoint_eval_falls_back_and_resume_moves_it_aside(trained, t
 # NaN / Inf -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("found_in,checkpoint_every_epochs,message", [
     # The update after step 7 makes the loss NaN, seen when step 8 is logged.
     ("loss", 1.0, r"loss became nan at step 8"),

@@ -31,6 +31,7 @@ def base(tmp_path_factory):
   return tmp_path_factory.getbasetemp() / "device_runs"  # Shared with test_multidevice.
 
 
+@pytest.mark.slow
 def test_two_processes_preempted_and_resumed_train_as_one_device(base):
   """SIGTERM to process 1 only: both save one step's checkpoint and exit; the rerun finishes."""
   preempted = Run(devices=2, processes=2, preempt_at_call=2)
@@ -54,6 +55,7 @@ def test_two_processes_preempted_and_resumed_train_as_one_device(base):
   assert "Run summary" in logs[0] and "Run summary" not in logs[1]
 
 
+@pytest.mark.slow
 def test_two_processes_stream_disjoint_halves_and_train_as_one(base, tmp_path_factory):
   """Streamed from an image folder: each process decodes only its half of every global batch
   (the stream's own tests check the halves), and the run equals the 1-process one."""
@@ -71,6 +73,7 @@ def test_two_processes_stream_disjoint_halves_and_train_as_one(base, tmp_path_fa
     assert evals and all(r["eval_count"] == 9 for r in evals)  # Every example once.
 
 
+@pytest.mark.slow
 def test_dead_peer_ends_the_run_in_bounded_time(tmp_path):
   workdir = tmp_path / "run"
   # Long enough that nothing ends on its own while the test waits.

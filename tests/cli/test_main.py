@@ -41,6 +41,7 @@ def test_train_then_eval(tmp_path):
   assert f"step {report['step']}" in result.stdout
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
   config = tiny_config(num_epochs=3.0, data_dir=str(tmp_path / "data"),
                        checkpoint_every_epochs=1.0)

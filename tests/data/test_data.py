@@ -39,6 +39,7 @@ def folder_flags(workdir, root, **overrides):
   return tiny_flags(workdir, os.path.join(workdir, "unused_tfds"), **values)
 
 
+@pytest.mark.slow
 def test_folder_streams_trains_evaluates_predicts_and_fine_tunes(mixed_folder, tmp_path):
   workdir = tmp_path / "run"
   # Two worker processes decode the training stream and both evaluations.
@@ -74,6 +75,7 @@ def test_folder_streams_trains_evaluates_predicts_and_fine_tunes(mixed_folder, t
   assert saved["input_pipeline"] == "memory"  # One size, and small: auto holds it in memory.
 
 
+@pytest.mark.slow
 def test_streamed_run_resumes_exactly(tmp_path, monkeypatch):
   root = tmp_path / "images"
   write_image_folder(root, "train", CLASSES, per_class=8, size=12)
@@ -146,6 +148,7 @@ finally:
 """
 
 
+@pytest.mark.slow
 def test_streaming_memory_does_not_grow_with_the_dataset(tmp_path):
   """Peak RSS of a short streamed run over N and 10 N images of 256 px: the 10 N split, decoded,
   takes 169 MiB more than the N one; the streamed runs differ by far less."""

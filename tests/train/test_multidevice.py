@@ -20,6 +20,7 @@ def base(tmp_path_factory):
   return tmp_path_factory.getbasetemp() / "device_runs"  # Shared with test_distributed.
 
 
+@pytest.mark.slow
 def test_eight_devices_train_as_one(base):
   runs = processes.train_runs(base, {"one": Run(devices=1), "eight": Run(devices=8)})
   assert processes.saved_device_count(runs["one"], 6) == 1
@@ -27,6 +28,7 @@ def test_eight_devices_train_as_one(base):
   processes.assert_trains_as(runs["one"], runs["eight"])
 
 
+@pytest.mark.slow
 def test_checkpoint_restores_on_another_device_count(base):
   """Saved on 8 and resumed on 1, saved on 1 and resumed on 8: both end as if never stopped."""
   runs = processes.train_runs(base, {"one": Run(devices=1), "eight": Run(devices=8)})

@@ -22,6 +22,7 @@ from resnet_jax.models import build
 MOCK_EXAMPLES = 48  # Per split: 3 steps per epoch at batch 16.
 
 
+@pytest.mark.slow
 def test_resumed_run_with_ema_cutout_and_mixing_equals_uninterrupted(tmp_path, monkeypatch):
   config = tiny_config(num_epochs=2.0, data_dir=str(tmp_path / "data"), ema_decay=0.9,
                        cutout_size=4, mixup_alpha=0.4, cutmix_alpha=1.0, eval_tta="flip",

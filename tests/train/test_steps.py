@@ -220,6 +220,7 @@ def _direct_batch(config, n=16, seed=5, size=16):
   return {"image": images, "target": build.smoothed_targets(jnp.asarray(raw["label"]), 10, 0.0)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dropout_rate", [0.0, 0.5])
 def test_frozen_backbone_keeps_head_dropout_and_frozen_batch_stats(dropout_rate):
   """Head-only fine-tuning: BN on its running statistics (eval mode), dropout on."""
@@ -249,6 +250,7 @@ def test_frozen_backbone_keeps_head_dropout_and_frozen_batch_stats(dropout_rate)
     assert abs(losses[0] - loss_eval) > 1e-3 and abs(losses[0] - losses[1]) > 1e-4
 
 
+@pytest.mark.slow
 def test_grad_accumulation_with_batchnorm_training_equals_micro_batches_one_by_one():
   """BatchNorm in training mode: each micro-batch normalised by its own statistics, the running
   statistics threaded from one micro-batch to the next, the mean gradient applied once. The
