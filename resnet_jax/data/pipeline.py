@@ -213,7 +213,7 @@ class StreamTrainInput:
   """Batches decoded on each host, from the resumed step on.
 
   With config.data_workers > 0, `workers` are the run's worker processes:
-  the training stream's, and its evaluations' (`EvalInput(..., pool=workers)`),
+  the training stream's, and its evaluations' (`StreamEvalInput(..., pool=workers)`),
   started with the first batch and stopped by `close`.
   """
 
