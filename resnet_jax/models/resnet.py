@@ -26,8 +26,6 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from resnet_jax.models import batchnorm
-
 ModuleDef = Any
 
 # PyTorch's BatchNorm2d defaults: momentum 0.1 (Flax's 0.9) and eps 1e-5.
@@ -152,7 +150,7 @@ class ResNet(nn.Module):
   def __call__(self, images_BHWC, train: bool = False):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                              kernel_init=conv_kernel_init)
-    norm = functools.partial(batchnorm.BatchNorm, use_running_average=not train,
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=self.dtype)
     x = images_BHWC.astype(self.dtype)
     if self.stem not in STEMS:
