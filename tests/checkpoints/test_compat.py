@@ -11,6 +11,7 @@ import shutil
 
 import jax
 import numpy as np
+import pytest
 
 from resnet_jax.checkpoints.restore import load_variables
 from resnet_jax.train import trainer
@@ -20,6 +21,7 @@ FIXTURE = f"{REPO}/tests/fixtures/pre_layout_run"
 DATA = f"{REPO}/tests/fixtures/pre_layout_data"
 
 
+@pytest.mark.slow
 def test_a_run_written_before_the_move_reads_the_same_as_one_written_now(tmp_path):
   data = shutil.copytree(DATA, tmp_path / "data")
   trainer.train_and_evaluate(tiny_config(num_epochs=2.0, data_dir=str(data)), str(tmp_path / "now"),

@@ -421,6 +421,7 @@ def test_eval_and_predict_in_a_loop_while_training_prunes_each_step_they_read(
 # Torn and missing files -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_torn_metrics_line_is_repaired_and_the_summary_agrees_with_the_checkpoints(
     trained, tmp_path, data):
   workdir = copy_of(trained, tmp_path)
@@ -627,6 +628,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", str(mount_point)], check=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("when", ["before_save", "during_save"])
 def test_full_disk_is_one_line_error_and_earlier_checkpoints_stay(tmp_path, data, small_disk, when):
   workdir = (small_disk or tmp_path) / "run"

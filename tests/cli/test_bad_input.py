@@ -184,6 +184,7 @@ def other_programs_checkpoints(folder) -> None:
   manager.close()
 
 
+@pytest.mark.slow
 def test_checkpoints_of_another_program_or_without_state_are_one_line_errors(trained, tmp_path):
   other, partial = tmp_path / "other", tmp_path / "partial"
   other_programs_checkpoints(other)

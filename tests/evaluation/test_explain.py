@@ -60,6 +60,7 @@ def corner_model(tmp_path_factory):
   return workdir, float(loss)
 
 
+@pytest.mark.slow
 def test_the_heat_map_peaks_in_the_corner_that_holds_the_evidence(corner_model):
   workdir, loss = corner_model
   assert loss < 0.2  # The model did learn the corners; else the test would prove nothing.
@@ -84,6 +85,7 @@ def test_the_heat_map_peaks_in_the_corner_that_holds_the_evidence(corner_model):
   assert y >= half and x >= half
 
 
+@pytest.mark.slow
 def test_cli_writes_one_heat_map_per_picture(corner_model, tmp_path):
   workdir, _ = corner_model
   pictures, _ = corner_pictures(np.random.default_rng(2), 2)

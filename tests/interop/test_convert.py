@@ -312,6 +312,7 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
                         env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_converts_pth_to_a_checkpoint_and_never_overwrites(tmp_path):
   torch = pytest.importorskip("torch", reason="writing .pth files needs PyTorch")
   net = _torch_resnet("basic", (2, 2, 2, 2), "cifar", 8, 10)

@@ -222,6 +222,7 @@ def test_init_checkpoint_by_name_starts_fine_tuning(tmp_path, monkeypatch, cache
     run.close()
 
 
+@pytest.mark.slow
 def test_convert_export_and_predict_take_the_same_names(tmp_path, cache):
   import subprocess
   import sys

@@ -111,6 +111,7 @@ def test_first_update_forgets_the_initial_weights():
   assert not np.allclose(_flat(ours)["params/fc/kernel"], _flat(initial)["params/fc/kernel"])
 
 
+@pytest.mark.slow
 def test_training_eval_reports_ema_and_raw_weights():
   config = resolved_config(tiny_config(ema_decay=0.9), size=16)
   mesh = sharding.create_mesh()

@@ -20,6 +20,7 @@ def _kernels(conv_init: str, width: int = 16) -> dict:
           traverse_util.flatten_dict(jax.device_get(variables["params"])).items()}
 
 
+@pytest.mark.slow
 def test_pytorch_init_draws_as_torch_nn_defaults():
   torch = pytest.importorskip("torch", reason="needs PyTorch (the 'torch' extra)")
   ours = _kernels("pytorch")

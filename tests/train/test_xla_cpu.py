@@ -12,6 +12,7 @@ from resnet_jax import sharding
 pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU options")
 
 
+@pytest.mark.slow
 def test_tuned_step_matches_the_default_step():
   # Width 32: convolutions wide enough that XLA's defaults send them to YNNPACK.
   config = resolved_config(width=32, batch_size=16, num_train_steps=10)
