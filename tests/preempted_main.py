@@ -12,28 +12,24 @@ collective), so all of them see the agreed step, N, whatever the machine's load.
 import os
 import runpy
 import signal
-import time
 
 from resnet_jax.train import steps
 
 PREEMPT_AT_CALL = int(os.environ["PREEMPT_AT_CALL"])
 # Where jax's preemption sync manager (xla/tsl preemption_sync_manager.cc) puts each
-# process's step count once it has seen a notice.
+# process's step count once it has seen a notice: one key per process id.
 COUNTERS_KEY = "PREEMPTION_CURRENT_COUNTER/"
 AGREE_TIMEOUT_S = 300  # Only bounds a broken protocol; the wait ends on the event.
 compile_train_step = steps.compile_train_step
 
 
 def wait_for_every_counter():
+  """Blocks in the coordination service until every process's count is there."""
   import jax
   from jax._src import distributed
-  deadline = time.monotonic() + AGREE_TIMEOUT_S
-  while len(distributed.global_state.client.key_value_dir_get(COUNTERS_KEY)) < \
-      jax.process_count():
-    if time.monotonic() > deadline:
-      raise RuntimeError(f"no preemption step counts under {COUNTERS_KEY} after "
-                         f"{AGREE_TIMEOUT_S} s")
-    time.sleep(0.01)
+  client = distributed.global_state.client
+  for process in range(jax.process_count()):
+    client.blocking_key_value_get(f"{COUNTERS_KEY}{process}", AGREE_TIMEOUT_S * 1000)
 
 
 def compile_and_preempt(*args, **kwargs):
