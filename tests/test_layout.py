@@ -16,7 +16,7 @@ ALLOWED = {
     "models": {"errors"},
     "config": {"models", "errors"},
     "data": {"sharding", "errors"},
-    "checkpoints": {"config", "errors"},
+    "checkpoints": {"config", "models", "errors"},
     "interop": {"models", "checkpoints", "errors"},
     "reporting": {"errors"},
     "evaluation": {"data", "models", "checkpoints", "config", "sharding", "errors"},
@@ -26,6 +26,68 @@ ALLOWED = {
             "evaluation", "reporting", "train"},
 }
 WORKER_MODULES = ("data/sources.py", "data/examples.py", "data/workers.py", "data/images.py")  # Imported by the worker processes.
+
+
+def _module_imports(path: pathlib.Path) -> set[str]:
+  """The resnet_jax modules (dotted, below the package) a file imports, lazy imports included."""
+  found = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "resnet_jax":
+      parts = node.module.split(".")[1:]
+      # `from resnet_jax.pkg import module` names modules; `from resnet_jax.pkg.mod import x` one.
+      found |= ({".".join([*parts, a.name]) for a in node.names} if len(parts) == 1
+                else {".".join(parts)})
+    elif isinstance(node, ast.Import):
+      found |= {a.name.split(".", 1)[1] for a in node.names if a.name.startswith("resnet_jax.")}
+  return found
+
+
+def _module_name(path: pathlib.Path) -> str:
+  return ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+  """Every cycle of a directed graph, each once, as a list of nodes (Tarjan's components)."""
+  index, low, on_stack, stack, components = {}, {}, set(), [], []
+
+  def visit(node: str) -> None:
+    index[node] = low[node] = len(index)
+    stack.append(node)
+    on_stack.add(node)
+    for target in graph.get(node, ()):
+      if target not in index:
+        visit(target)
+        low[node] = min(low[node], low[target])
+      elif target in on_stack:
+        low[node] = min(low[node], index[target])
+    if low[node] == index[node]:
+      component = []
+      while True:
+        member = stack.pop()
+        on_stack.discard(member)
+        component.append(member)
+        if member == node:
+          break
+      if len(component) > 1 or node in graph.get(node, ()):
+        components.append(sorted(component))
+
+  for node in sorted(graph):
+    if node not in index:
+      visit(node)
+  return components
+
+
+def test_import_cycles_finds_a_circle_and_only_circles():
+  assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+  assert import_cycles({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
+
+
+def test_no_module_imports_itself_back_through_others():
+  """No import circle between modules, inside a package as well as across packages."""
+  modules = {_module_name(p): p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+  graph = {name: {m for m in _module_imports(path) if m in modules}
+           for name, path in modules.items()}
+  assert import_cycles(graph) == []
 
 
 def _imports(path: pathlib.Path) -> set[str]:

@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator
 
 from absl import logging
 
-from resnet_jax.checkpoints import workdir as workdirs
+from resnet_jax.checkpoints import processes
 
 READERS = ".readers"
 DELETED = ".deleted"
@@ -101,7 +101,7 @@ def _new_reader_folder(directory: str) -> str:
       os.makedirs(root)
     except FileNotFoundError:  # The last reader before this one removed .readers meanwhile.
       os.makedirs(root)
-    workdirs.write_json(os.path.join(root, HOLDER), {
+    processes.write_json(os.path.join(root, HOLDER), {
         "host": socket.gethostname(), "pid": os.getpid(),
         "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")})
   except OSError as e:
@@ -201,7 +201,7 @@ def _is_stale(folder: str) -> bool:
       return False
   except (OSError, ValueError):
     holder = {}
-  alive = workdirs.holder_alive(holder) if isinstance(holder, dict) and holder else None
+  alive = processes.holder_alive(holder) if isinstance(holder, dict) and holder else None
   if alive is not None:  # This host's reader: its process tells.
     return not alive
   return time.time() - beat > STALE_S

@@ -1,5 +1,5 @@
-"""The one restore path: a checkpoint's variables and saved config, for eval, predict, export
-and fine-tuning.
+"""The one restore path: a checkpoint's network, variables and saved config, for eval,
+predict, features, export and fine-tuning (`load_model`; `load_variables` without the network).
 
 `load_variables` takes a workdir, its checkpoints/ folder or one step's
 folder, picks the best step (falling back to older ones when damaged) and
@@ -12,8 +12,9 @@ reader then picks again from what is on disk.
 
 import errno
 import os
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import numpy as np
 from absl import logging
 
 from resnet_jax.checkpoints import pins
@@ -21,6 +22,7 @@ from resnet_jax.checkpoints.checkpointing import (Checkpointer, CheckpointGone,
                                                   discard_failed_restore, storage_failure,
                                                   warn_damaged)
 from resnet_jax.errors import UserError
+from resnet_jax.models import ema, resnet
 
 # How often a reader picks again when the checkpoints it picks keep being pruned.
 MAX_PICKS = 20
@@ -85,6 +87,60 @@ def load_variables(path: str, action: str = "using") -> Restored:
                    "there): picking again", e)
   raise UserError(f"the checkpoints in {directory} kept being deleted while being read: "
                   "try again, or pass one step's folder")
+
+
+class LoadedModel(NamedTuple):
+  """A checkpoint's network, ready to apply: `model.apply(variables, x, train=False)`."""
+  model: resnet.ResNet
+  variables: dict  # {"params", "batch_stats"}: the EMA weights where the run kept them.
+  weights: str  # Which: "ema" or "raw".
+  config: dict  # The saved config; num_classes and width read off the weights where absent.
+  step: int
+  restored: Restored  # Everything read: raw weights and EMA both.
+
+
+def load_model(path: str, action: str = "using", dtype: Any = None) -> LoadedModel:
+  """The one way to turn a checkpoint into a network and its weights.
+
+  Args:
+    path: a workdir, its checkpoints/ folder or one step's folder (published
+      names such as `torchvision:resnet50` go through
+      `resnet_jax.pretrained_checkpoint` first, which returns such a workdir).
+    action: how the log names the use when it falls back to an older step.
+    dtype: the computation dtype; None: bfloat16 for a run trained with
+      half_precision, else float32.
+  """
+  restored = load_variables(path, action)
+  config = model_config(restored, path)
+  if dtype is None:
+    import jax.numpy as jnp
+    dtype = jnp.bfloat16 if config.get("half_precision") else jnp.float32
+  try:
+    model = resnet.create_model(config["model"], config["num_classes"], config["stem"],
+                                config["width"], dtype=dtype)
+  except ValueError as e:
+    raise UserError(f"the config saved with {path} names no known model ({e}): pass a "
+                    "checkpoint written by this version of resnet_jax") from None
+  variables, weights = ema.preferred(restored.variables)
+  return LoadedModel(model, variables, weights, config, restored.step, restored)
+
+
+def model_config(restored: Restored, path: str) -> dict:
+  """The saved config, checked to describe a ResNet; num_classes and width from the weights
+  where an older or converted checkpoint left them out."""
+  params = restored.variables.get("params") or {}
+  if "fc" not in params or "bn1" not in params:
+    raise UserError(f"{path} holds no ResNet that resnet_jax knows (its parameters are "
+                    f"{', '.join(sorted(params)[:5]) or 'empty'}): pass a checkpoint written by "
+                    "resnet_jax's training or by python -m resnet_jax.convert")
+  config = dict(restored.config)
+  for key in ("model", "stem"):
+    if not config.get(key):
+      raise UserError(f"the config saved with {path} has no {key!r}: it was written by an older "
+                      "or foreign trainer; retrain or convert again")
+  config["num_classes"] = int(config.get("num_classes") or np.shape(params["fc"]["bias"])[0])
+  config["width"] = int(config.get("width") or np.shape(params["bn1"]["scale"])[-1])
+  return config
 
 
 def _load_best(path: str, directory: str, named_step: int | None, action: str) -> Restored:

@@ -21,6 +21,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from resnet_jax.checkpoints import checkpointing
+from resnet_jax.checkpoints.processes import holder_alive, slurm_job, write_json
 from resnet_jax.config import configuration
 from resnet_jax.errors import UserError
 
@@ -60,7 +62,6 @@ def check(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 def checkpoint_config(workdir: str) -> dict | None:
   """The config saved with the newest checkpoint of workdir that has a readable one."""
-  from resnet_jax.checkpoints import checkpointing  # Lazy: checkpointing's readers need no workdir code.
   directory = checkpointing.checkpoint_dir(workdir)
   if not os.path.isdir(directory):
     return None
@@ -134,7 +135,7 @@ def _take(path: str, workdir: str) -> dict:
   for _ in range(5):  # Each turn ends with the lock taken, refused, or a dead run's removed.
     mine = {"host": socket.gethostname(), "pid": os.getpid(),
             "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            **_slurm_job()}
+            **slurm_job()}
     if _create_exclusive(path, mine):
       return mine
     holder = _read_holder(path)
@@ -205,58 +206,6 @@ def _read_holder(path: str) -> dict | None:
   return holder if isinstance(holder, dict) else {}
 
 
-def _slurm_job() -> dict:
-  """This process's SLURM job ID and restart count, when SLURM started it."""
-  if "SLURM_JOB_ID" not in os.environ:
-    return {}
-  return {"slurm_job_id": os.environ["SLURM_JOB_ID"],
-          "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0"))}
-
-
-def holder_alive(holder: dict) -> bool | None:
-  """Whether the holder's process runs; None where this host cannot tell (another host)."""
-  mine = _slurm_job()
-  # A requeued job (`--requeue`, after a node failure) keeps its ID and counts its
-  # restarts: its earlier start, on whatever node, has ended.
-  if (mine and holder.get("slurm_job_id") == mine["slurm_job_id"]
-      and isinstance(holder.get("slurm_restart_count"), int)
-      and holder["slurm_restart_count"] < mine["slurm_restart_count"]):
-    return False
-  pid = holder.get("pid")
-  if holder.get("host") != socket.gethostname() or not isinstance(pid, int):
-    return None
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:  # Another user's process.
-    pass
-  stat = _proc_stat(pid)
-  if stat is None:
-    return True
-  state, began = stat
-  if state == "Z":  # Ended, not yet reaped by its parent.
-    return False
-  try:
-    started = datetime.datetime.fromisoformat(holder["started"]).timestamp()
-  except (KeyError, TypeError, ValueError):
-    return True
-  # The pid was reused: a process that began after the lock was written is another one.
-  return began <= started + 2
-
-
-def _proc_stat(pid: int) -> tuple[str, float] | None:
-  """(state, start time in seconds since the epoch) of a process from /proc; None without /proc."""
-  try:
-    with open(f"/proc/{pid}/stat") as f:
-      fields = f.read().rsplit(")", 1)[1].split()
-    with open("/proc/stat") as f:
-      boot = next(float(line.split()[1]) for line in f if line.startswith("btime"))
-    return fields[0], boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-  except (OSError, IndexError, ValueError, StopIteration):
-    return None
-
-
 def _describe(holder: dict) -> str:
   return (f"pid {holder.get('pid')} on host {holder.get('host')}, since "
           f"{holder.get('started')}")
@@ -287,11 +236,3 @@ def _agree(message: str) -> str:
   encoded[:len(data)] = np.frombuffer(data, np.uint8)
   agreed = np.asarray(multihost_utils.broadcast_one_to_all(encoded))
   return bytes(agreed).rstrip(b"\0").decode(errors="replace")
-
-
-def write_json(path: str, value: Any) -> None:
-  """Writes JSON so that a reader never sees half a file."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=2)
-  os.replace(tmp, path)

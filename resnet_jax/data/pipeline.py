@@ -125,7 +125,7 @@ def open_training_data(config: ml_collections.ConfigDict) -> TrainingData:
                     f"({len(train_source.class_names)}): give both splits the same classes")
   size = stream_image_size(config, train_source.image_shape())
   input_shape = (size, size, train_source.channels)
-  mean, std = (config.mean, config.std) if config.mean else _estimate_stats(train_source, size)
+  mean, std = (config.mean, config.std) if config.mean else estimate_stats(train_source, size)
   memory.check_normalisation(config, mean, std, train_source.channels)
   return TrainingData(facts=_facts("stream", config.num_classes or train_source.num_classes,
                                    train_source.class_names, mean, std, input_shape,
@@ -150,7 +150,7 @@ def stream_image_size(config: ml_collections.ConfigDict, shape: tuple[int, ...] 
                   "side the model should see, e.g. 224")
 
 
-def _estimate_stats(source, size: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def estimate_stats(source, size: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
   """Per-channel mean and std from a fixed random sample of the training images."""
   count = min(len(source), STATS_SAMPLE)
   indices = np.sort(np.random.default_rng(0).choice(len(source), count, replace=False))

@@ -12,7 +12,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from jax.sharding import Mesh
 
 from resnet_jax.data import augment
@@ -81,13 +80,3 @@ def compile_evaluate(config: ml_collections.ConfigDict, mesh: Mesh) -> Callable:
     return totals
 
   return jax.jit(evaluate, out_shardings=replicated(mesh))
-
-
-def summarize_eval(totals: Mapping[str, np.ndarray]) -> dict[str, Any]:
-  """Host-side: fractions from the summed eval metrics."""
-  count = float(totals["count"])
-  confusion = np.asarray(totals["confusion"])
-  per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
-  return {"eval_loss": float(totals["loss_sum"]) / count,
-          "eval_accuracy": float(totals["correct"]) / count, "eval_count": int(count),
-          "per_class_accuracy": per_class.tolist(), "confusion_matrix": confusion.astype(int).tolist()}

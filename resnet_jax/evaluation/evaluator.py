@@ -6,7 +6,7 @@ and the host divides once.
 """
 
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import jax
@@ -99,11 +99,14 @@ def summarize(totals: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def eval_config(workdir: str, checkpoint_config: Mapping[str, Any],
-                requested: ml_collections.ConfigDict | None) -> ml_collections.ConfigDict:
+                requested: ml_collections.ConfigDict | None,
+                overridden: Collection[str] = ()) -> ml_collections.ConfigDict:
   """The run's config (config.json, else the checkpoint's own), with data fields from the command line.
 
   Normalisation, classes and image shape always come from the run: the
-  weights were trained with them.
+  weights were trained with them. A preprocessing field is taken from
+  `requested` where it differs from the default or is named in `overridden`
+  (the fields set on the command line), so it can be set back to its default.
   """
   saved = configuration.read_saved(workdir) or dict(checkpoint_config)
   if not saved:
@@ -119,7 +122,7 @@ def eval_config(workdir: str, checkpoint_config: Mapping[str, Any],
         config[field] = requested[field]
     defaults, saved_size = default_config.get_config(), config.image_size
     for field in PREPROCESSING_FIELDS:
-      if converted or requested[field] != defaults[field]:
+      if converted or field in overridden or requested[field] != defaults[field]:
         config[field] = requested[field]
     if config.image_size and config.image_size != saved_size and config.get("input_shape"):
       # Pictures are framed at the side the model is now asked to see.
@@ -133,8 +136,12 @@ def eval_config(workdir: str, checkpoint_config: Mapping[str, Any],
   return config
 
 
-def evaluate_workdir(workdir: str, requested: ml_collections.ConfigDict | None = None) -> dict:
-  """Restores the best checkpoint (latest where none is marked), evaluates, writes eval.json."""
+def evaluate_workdir(workdir: str, requested: ml_collections.ConfigDict | None = None,
+                     overridden: Collection[str] = ()) -> dict:
+  """Restores the best checkpoint (latest where none is marked), evaluates, writes eval.json.
+
+  `overridden`: the config fields set on the command line (see `eval_config`).
+  """
   workdir = os.path.abspath(workdir)
   directory = checkpointing.checkpoint_dir(workdir)
   if os.path.isfile(workdir):
@@ -143,27 +150,29 @@ def evaluate_workdir(workdir: str, requested: ml_collections.ConfigDict | None =
   if not os.path.isdir(directory):
     raise UserError(f"{workdir} has no checkpoints: train first (same command without "
                     "--mode=eval), or pass the workdir of a trained run")
-  restored = restore.load_variables(workdir, action="evaluating")
-  config = eval_config(workdir, restored.config, requested)
+  loaded = restore.load_model(workdir, action="evaluating")
+  config = eval_config(workdir, loaded.restored.config, requested, overridden)
   split = pipeline.open_eval_split(config)
   class_names, input_shape = config.get("class_names") or split.class_names, config.input_shape
-  if not config.get("mean"):  # Saved by an older trainer: the split's own statistics.
+  if config.get("mean"):
+    mean, std = config.mean, config.std
+  else:  # Saved by an older trainer: the split's own statistics.
     logging.warning("%s saved no normalisation: using the eval split's own", workdir)
-  mean, std = ((config.mean, config.std) if config.get("mean")
-               else memory.channel_stats(split.images))
+    mean, std = (memory.channel_stats(split.images) if isinstance(split, memory.Split)
+                 else pipeline.estimate_stats(split, input_shape[0]))
   config = configuration.resolve(config, {
       "num_classes": config.num_classes or len(class_names), "class_names": class_names,
       "mean": mean, "std": std, "input_shape": input_shape,
       "num_train_examples": config.get("num_train_examples", 0)})
   mesh = sharding.create_mesh()
-  model = build.create_model(config)
   place = lambda tree: jax.device_put(tree, sharding.replicated(mesh))
-  state = build.TrainState.create(apply_fn=model.apply, tx=optax.identity(),
-                                  params=place(restored.variables["params"]),
-                                  batch_stats=place(restored.variables["batch_stats"]),
-                                  ema=place(restored.variables.get("ema")))
+  raw = loaded.restored.variables  # Raw and EMA weights both: the evaluator reports each.
+  state = build.TrainState.create(apply_fn=loaded.model.apply, tx=optax.identity(),
+                                  params=place(raw["params"]),
+                                  batch_stats=place(raw["batch_stats"]),
+                                  ema=place(raw.get("ema")))
   metrics = Evaluator(config, mesh, split).run(state)
-  result = {"step": restored.step, "checkpoint": os.path.join(directory, str(restored.step)),
+  result = {"step": loaded.step, "checkpoint": os.path.join(directory, str(loaded.step)),
             "eval_split": config.eval_split, **metrics, "class_names": list(config.class_names)}
   if jax.process_index() == 0:
     workdirs.write_json(os.path.join(workdir, "eval.json"), result)

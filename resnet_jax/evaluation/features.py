@@ -16,12 +16,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax.checkpoints.restore import load_variables
+from resnet_jax.checkpoints.restore import load_model
 from resnet_jax.data import augment
-from resnet_jax.errors import UserError
-from resnet_jax.models import ema, resnet
+from resnet_jax.models import resnet
 
 
 def stage_features(model: resnet.ResNet, variables: Mapping[str, Any],
@@ -70,12 +70,7 @@ def load_backbone(path: str) -> Backbone:
   Published names (`torchvision:resnet50`) go through `resnet_jax.pretrained_checkpoint`
   first, which returns such a workdir.
   """
-  restored, config, _ = load_variables(path, action="reading features with")
-  variables, _ = ema.preferred(restored)
-  try:
-    model = resnet.create_model(config["model"], int(config["num_classes"]), config["stem"],
-                                int(config["width"]))
-  except (KeyError, ValueError) as e:
-    raise UserError(f"the config saved with {path} names no known model ({e})") from None
+  loaded = load_model(path, action="reading features with", dtype=jnp.float32)
+  config, variables, model = loaded.config, loaded.variables, loaded.model
   return Backbone(model, variables, tuple(config.get("mean") or (0.0,) * 3),
                   tuple(config.get("std") or (1.0,) * 3), int(config.get("image_size") or 0))

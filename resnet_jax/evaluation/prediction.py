@@ -39,13 +39,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
 from resnet_jax.data import augment, images
-from resnet_jax.models import ema
-from resnet_jax.models import resnet
-from resnet_jax.checkpoints.restore import load_variables
+from resnet_jax.checkpoints.restore import load_model
 from resnet_jax.config.configuration import TTA_MODES
 from resnet_jax.errors import UserError
 
@@ -85,24 +84,13 @@ def load_predictor(path: str, tta: str | None = None) -> Predictor:
   Its EMA weights are used where it has them; `tta` (None: the run's
   eval_tta) names the test-time augmentation, as in evaluation.
   """
-  restored, config, _ = load_variables(path, action="classifying with")
-  variables, weights = ema.preferred(restored)
+  loaded = load_model(path, action="classifying with", dtype=jnp.float32)
+  model, variables, weights, config = loaded.model, loaded.variables, loaded.weights, loaded.config
   tta = tta or config.get("eval_tta") or "none"
   if tta not in TTA_MODES:
     raise UserError(f"unknown test-time augmentation {tta!r}: pass --tta as one of "
                     f"{', '.join(TTA_MODES)}")
-  params = variables.get("params") or {}
-  if "fc" not in params or "bn1" not in params:
-    raise UserError(f"{path} holds no ResNet that resnet_jax knows (its parameters are "
-                    f"{', '.join(sorted(params)[:5]) or 'empty'}): pass a checkpoint written by "
-                    "resnet_jax's training or by python -m resnet_jax.convert")
-  num_classes = int(config.get("num_classes") or np.shape(params["fc"]["bias"])[0])
-  base_width = int(config.get("width") or np.shape(params["bn1"]["scale"])[-1])
-  try:
-    model = resnet.create_model(_required(config, "model", path), num_classes,
-                                _required(config, "stem", path), base_width)
-  except ValueError as e:
-    raise UserError(f"the config saved with {path} names no known model ({e})") from None
+  num_classes = config["num_classes"]
   mean = tuple(float(m) for m in _required(config, "mean", path))
   std = tuple(float(s) for s in _required(config, "std", path))
   height, width, channels = (int(d) for d in _required(config, "input_shape", path))

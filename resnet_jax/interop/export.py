@@ -25,7 +25,7 @@ from flax import traverse_util
 
 from resnet_jax.interop import convert
 from resnet_jax.models import resnet
-from resnet_jax.checkpoints.restore import load_variables
+from resnet_jax.checkpoints.restore import load_model
 from resnet_jax.errors import UserError
 
 SAFETENSORS, PTH = ".safetensors", ".pth"
@@ -44,15 +44,6 @@ _LEAF_RANK = {"kernel": 0, "scale": 0, "bias": 1, "mean": 2, "var": 3}
 
 
 # The state_dict ----------------------------------------------------------------
-
-
-def weights_to_export(variables: Mapping[str, Any]) -> tuple[dict, bool]:
-  """The EMA weights when the checkpoint has them, else its params; and whether EMA was taken."""
-  ema = variables.get("ema")
-  if ema:
-    return {"params": ema["params"],
-            "batch_stats": ema.get("batch_stats", variables.get("batch_stats", {}))}, True
-  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}, False
 
 
 def _order(path: tuple[str, ...]) -> tuple:
@@ -176,11 +167,10 @@ def write_state_dict(state_dict: Mapping[str, np.ndarray], output: str) -> None:
 def export_checkpoint(checkpoint: str, output: str) -> tuple[convert.Architecture, dict, bool]:
   """Writes the checkpoint's weights to output; returns the architecture, config and whether EMA."""
   check_output(output)  # Before the slow part, and again when writing.
-  variables, config, _ = load_variables(checkpoint, action="exporting")
-  weights, from_ema = weights_to_export(variables)
-  state_dict, arch = to_torch_state_dict(weights, config, checkpoint)
+  loaded = load_model(checkpoint, action="exporting")
+  state_dict, arch = to_torch_state_dict(loaded.variables, loaded.config, checkpoint)
   write_state_dict(state_dict, output)
-  return arch, config, from_ema
+  return arch, loaded.config, loaded.weights == "ema"
 
 
 def loading_snippet(arch: convert.Architecture, output: str) -> list[str]:

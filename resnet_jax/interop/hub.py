@@ -23,7 +23,9 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from typing import Any
@@ -180,31 +182,48 @@ def _hf_hub_files(repo_id: str) -> tuple[str, dict[str, Any]]:
 
 
 def _hf_download(repo_id: str, files: list[str], folder: str) -> None:
-  try:
-    import huggingface_hub
-    from huggingface_hub import errors
-  except ImportError:
-    raise UserError("hf-hub: names need huggingface_hub: pip install huggingface_hub") from None
+  import huggingface_hub
+  from huggingface_hub import constants, errors
+  urls = [f"{constants.ENDPOINT}/{repo_id}/resolve/main/{name}" for name in files]
+  offline = _hub_unreachable(constants.ENDPOINT, constants.HF_HUB_OFFLINE)
+  if offline:  # Say so at once: huggingface_hub would retry for about 25 s, then blame the file.
+    raise UserError(f"cannot reach the Hugging Face hub ({offline}): download "
+                    f"{' and '.join(urls)} yourself and put them in {folder}")
   os.makedirs(folder, exist_ok=True)
   staging = tempfile.mkdtemp(prefix=".download.", dir=folder)
   try:
-    for name in files:
-      url = f"https://huggingface.co/{repo_id}/resolve/main/{name}"
+    for name, url in zip(files, urls):
       try:
         downloaded = huggingface_hub.hf_hub_download(repo_id, name, local_dir=staging)
       except (errors.RepositoryNotFoundError, errors.GatedRepoError):
         raise UserError(f"hf-hub:{repo_id} does not exist on the Hugging Face hub (or needs a "
                         "login): check the name, such as hf-hub:timm/resnet50.a1_in1k") from None
+      except errors.LocalEntryNotFoundError as e:  # A subclass of EntryNotFoundError: the network.
+        raise UserError(f"cannot download {url} ({convert.first_line(e)}): download it "
+                        f"yourself and put it at {os.path.join(folder, name)}") from None
       except errors.EntryNotFoundError:
         raise UserError(f"hf-hub:{repo_id} has no {name}: resnet_jax reads timm's layout "
                         f"({' and '.join(HF_FILES)})") from None
-      except Exception as e:  # Offline (LocalEntryNotFoundError), HTTP errors, cut downloads.
+      except Exception as e:  # HTTP errors, cut downloads.
         raise UserError(f"cannot download {url} ({type(e).__name__}: {convert.first_line(e)}): "
                         f"download it yourself and put it at {os.path.join(folder, name)}"
                         ) from None
       os.replace(downloaded, os.path.join(folder, name))
   finally:
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def _hub_unreachable(endpoint: str, offline: bool, timeout_s: float = 5.0) -> str | None:
+  """Why the hub cannot be reached (HF_HUB_OFFLINE, no name resolution, no connection), or None."""
+  if offline:
+    return "HF_HUB_OFFLINE is set"
+  parsed = urllib.parse.urlsplit(endpoint)
+  port = parsed.port or (443 if parsed.scheme == "https" else 80)
+  try:
+    socket.create_connection((parsed.hostname, port), timeout=timeout_s).close()
+  except OSError as e:
+    return f"{parsed.hostname}:{port}: {e.strerror or type(e).__name__}"
+  return None
 
 
 def _timm_meta(config: Mapping[str, Any]) -> dict[str, Any]:

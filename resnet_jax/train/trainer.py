@@ -20,7 +20,6 @@ from flax import serialization
 from resnet_jax.checkpoints import checkpointing, restore, workdir as workdirs
 from resnet_jax.config import configuration
 from resnet_jax.data import pipeline
-from resnet_jax.models import ema
 from resnet_jax.train import profiling, signals, steps
 from resnet_jax.evaluation import evaluator
 from resnet_jax.interop import hub, pretrained
@@ -61,7 +60,7 @@ class Trainer:
     self.mesh = sharding.create_mesh()
     # Before the data: a missing or damaged init_checkpoint fails without the wait.
     # A published name (torchvision:resnet50) is downloaded and converted once, then cached.
-    init_checkpoint = (restore.load_variables(hub.resolve(config.init_checkpoint))
+    init_checkpoint = (restore.load_model(hub.resolve(config.init_checkpoint), "fine-tuning from")
                        if config.init_checkpoint else None)
     training_data = self._load_data(config)
     self._create_state(init_checkpoint)
@@ -98,7 +97,7 @@ class Trainer:
         1, int(round(config.num_epochs * self.steps_per_epoch)))
     return training_data
 
-  def _create_state(self, init_checkpoint: restore.Restored | None) -> None:
+  def _create_state(self, init_checkpoint: restore.LoadedModel | None) -> None:
     config = self.config
     self.schedule = steps.learning_rate_schedule(config, self.steps_per_epoch,
                                                  self.num_train_steps)
@@ -108,19 +107,19 @@ class Trainer:
     self.state = steps.create_train_state(config, model, self.schedule, self.mesh,
                                           init_variables)
 
-  def _fit_init_checkpoint(self, model, restored: restore.Restored) -> dict:
+  def _fit_init_checkpoint(self, model, loaded: restore.LoadedModel) -> dict:
     """Variables of config.init_checkpoint fitted to this model (head re-initialised if needed)."""
     source = self.config.init_checkpoint
     init = steps.init_variables_fn(self.config, model)
     # Shapes first: a checkpoint of another architecture fails before anything compiles.
-    pretrained.merge(jax.eval_shape(init)["params"], restored.variables["params"], source)
-    fresh = steps.run_unoptimized(init)
     # A checkpoint with a weight EMA gives those weights: the ones its evaluation measured.
-    weights, which = ema.preferred(restored.variables)
+    weights = loaded.variables
+    pretrained.merge(jax.eval_shape(init)["params"], weights["params"], source)
+    fresh = steps.run_unoptimized(init)
     params, head_reset = pretrained.merge(fresh["params"], weights["params"], source)
     batch_stats, _ = pretrained.merge(fresh.get("batch_stats", {}), weights["batch_stats"], source)
-    logging.info("initialised from %s (step %d%s)%s", source, restored.step,
-                 ", EMA weights" if which == "ema" else "",
+    logging.info("initialised from %s (step %d%s)%s", source, loaded.step,
+                 ", EMA weights" if loaded.weights == "ema" else "",
                  f"; classifier head re-initialised for {self.config.num_classes} classes"
                  if head_reset else "")
     return {"params": params, "batch_stats": batch_stats}
@@ -132,7 +131,8 @@ class Trainer:
       eval_split = training_data.arrays.eval
     else:
       self.train_input = pipeline.StreamTrainInput(self.config, training_data.train_source,
-                                               self.mesh, self.num_train_steps)
+                                                   self.mesh, self.num_train_steps,
+                                                   eval_source=training_data.eval_source)
       eval_split = training_data.eval_source
     self.evaluator = evaluator.Evaluator(self.config, self.mesh, eval_split,
                                          workers=getattr(self.train_input, "workers", None))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from resnet_jax.interop import convert, export
-from resnet_jax.models import resnet
+from resnet_jax.models import ema as ema_lib, resnet
 from resnet_jax.evaluation import prediction
 from resnet_jax.checkpoints.checkpointing import Checkpointer
 from resnet_jax.errors import UserError
@@ -125,9 +125,9 @@ def test_safetensors_round_trip_is_bit_exact_without_pytorch(tmp_path, monkeypat
 
 def test_ema_weights_are_preferred():
   variables = {"params": {"a": np.zeros(2)}, "batch_stats": {"b": np.zeros(2)}}
-  assert export.weights_to_export(variables) == (variables, False)
+  assert ema_lib.preferred(variables) == (variables, "raw")
   ema = {"params": {"a": np.ones(2)}, "batch_stats": {"b": np.ones(2)}}
-  assert export.weights_to_export({**variables, "ema": ema}) == (ema, True)
+  assert ema_lib.preferred({**variables, "ema": ema}) == (ema, "ema")
 
 
 def test_ema_weights_of_a_checkpoint_are_exported(tmp_path):

@@ -168,12 +168,15 @@ def _fake_hub(monkeypatch, source_folder, fail=None):
           response=httpx2.Response(404, request=httpx2.Request("GET", url)))
     target = os.path.join(local_dir, filename)
     data = open(os.path.join(source_folder, filename), "rb").read()
+    if fail == "lost":  # What huggingface_hub raises when its requests fail (offline).
+      raise errors.LocalEntryNotFoundError("cannot find the requested files in the local cache")
     if fail == "half" and filename == "model.safetensors":
       open(target, "wb").write(data[:len(data) // 2])
       raise ConnectionResetError("connection reset by peer")
     open(target, "wb").write(data)
     return target
   monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+  monkeypatch.setattr(hub, "_hub_unreachable", lambda *args, **kwargs: None)
   return calls
 
 
@@ -195,7 +198,9 @@ def test_hf_hub_weights_bring_their_normalisation_and_classes(tmp_path, monkeypa
 @pytest.mark.parametrize("fail, expected", [
     ("missing", "does not exist on the Hugging Face hub"),
     ("half", "cannot download https://huggingface.co/someone/tiny.test/resolve/main/"
-             "model.safetensors")])
+             "model.safetensors"),
+    # A lost connection is no missing file (LocalEntryNotFoundError is an EntryNotFoundError).
+    ("lost", "cannot download https://huggingface.co/someone/tiny.test/resolve/main/")])
 def test_hf_hub_failures_are_one_line_and_leave_nothing(tmp_path, monkeypatch, cache, fail,
                                                          expected):
   _tiny_timm_files(tmp_path / "published")
@@ -203,6 +208,29 @@ def test_hf_hub_failures_are_one_line_and_leave_nothing(tmp_path, monkeypatch, c
   with pytest.raises(UserError) as info:
     hub.resolve("hf-hub:someone/tiny.test")
   assert "\n" not in str(info.value) and expected in str(info.value)
+  assert _files(cache) == []
+
+
+@pytest.mark.parametrize("endpoint, offline, reason", [
+    ("http://127.0.0.1:9", False, "127.0.0.1:9"),  # The discard port: nothing listens.
+    ("https://huggingface.co", True, "HF_HUB_OFFLINE is set")])
+def test_hf_hub_unreachable_fails_at_once_naming_the_files_to_fetch(
+    tmp_path, monkeypatch, cache, endpoint, offline, reason):
+  import huggingface_hub
+  from huggingface_hub import constants
+  monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+  monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+  calls = []  # huggingface_hub's own download retries for about 25 s before it gives up.
+  monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: calls.append(a))
+  with pytest.raises(UserError) as info:
+    hub.resolve("hf-hub:someone/tiny.test")
+  message = str(info.value)
+  assert "\n" not in message and "cannot reach the Hugging Face hub" in message
+  assert reason in message and calls == []
+  folder = os.path.join(str(cache), "hf-hub", "someone--tiny.test")
+  for name in ("model.safetensors", "config.json"):
+    assert f"{endpoint}/someone/tiny.test/resolve/main/{name}" in message
+  assert message.endswith(f"put them in {folder}")
   assert _files(cache) == []
 
 

@@ -1,0 +1,51 @@
+"""`--mode=eval`: the config it evaluates with, and runs that saved less than today's trainer."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from resnet_jax.config import configuration
+from resnet_jax.evaluation import evaluator
+from tests.conftest import tiny_config
+from tests.evaluation.test_framing import tiny_weights  # noqa: F401 (a fixture)
+
+
+def _write_saved(workdir, **fields) -> dict:
+  saved = configuration.to_json(tiny_config(width=8, **fields))
+  (workdir / "config.json").write_text(json.dumps(saved))
+  return saved
+
+
+def test_a_preprocessing_field_set_on_the_command_line_wins_even_at_its_default(tmp_path):
+  _write_saved(tmp_path, eval_crop_fraction=0.875, image_size=24)
+  default = tiny_config(width=8).eval_crop_fraction
+  assert default != 0.875
+  requested = tiny_config(width=8, eval_crop_fraction=default)
+  # Not named on the command line: a default value leaves the run's own.
+  assert evaluator.eval_config(str(tmp_path), {}, requested).eval_crop_fraction == 0.875
+  config = evaluator.eval_config(str(tmp_path), {}, requested, {"eval_crop_fraction": default})
+  assert config.eval_crop_fraction == default
+  assert config.image_size == 24  # Fields not named keep the run's values.
+
+
+@pytest.mark.parametrize("pipeline", ["stream", "memory"])
+def test_a_run_saved_without_normalisation_evaluates_on_the_eval_splits_own(
+    tiny_weights, tmp_path, pipeline):  # noqa: F811
+  """Older trainers saved no mean and std: eval estimates them from the split, streamed or not."""
+  rng = np.random.default_rng(0)
+  for i in range(4):
+    picture = tmp_path / "data" / "val" / "abc"[i % 3] / f"{i}.png"
+    picture.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), np.uint8)).save(picture)
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  for item in tiny_weights.iterdir():
+    (workdir / item.name).symlink_to(item)
+  saved = _write_saved(workdir, dataset=f"folder:{tmp_path / 'data'}", train_split="val",
+                       eval_split="val", input_pipeline=pipeline, model="resnet_tiny",
+                       num_classes=3, input_shape=(16, 16, 3), class_names=["a", "b", "c"])
+  assert not saved.get("mean")
+  result = evaluator.evaluate_workdir(str(workdir))
+  assert result["eval_count"] == 4 and np.isfinite(result["eval_loss"])
