@@ -5,7 +5,8 @@ What a notebook or script needs, importable from the package root:
   import resnet_jax
   predictor = resnet_jax.load_predictor("runs/resnet18")        # a workdir or step folder
   probabilities = resnet_jax.predict(predictor, images_BHWC)     # uint8 arrays
-  variables, config, path = resnet_jax.load_variables("runs/resnet18")
+  loaded = resnet_jax.load_model("runs/resnet18")                # network, weights, config
+  logits = loaded.model.apply(loaded.variables, images_BHWC_float, train=False)
   state_dict, arch = resnet_jax.to_torch_state_dict(variables, config)
   workdir = resnet_jax.pretrained_checkpoint("torchvision:resnet50")  # Downloaded, converted once.
   backbone = resnet_jax.load_backbone(workdir)                   # Stage outputs, strides 4-32.
@@ -25,6 +26,7 @@ _PUBLIC = {
     "validate_config": ("resnet_jax.config.configuration", "validate"),
     "config_from_json": ("resnet_jax.config.configuration", "from_json"),
     # Checkpoints
+    "load_model": "resnet_jax.checkpoints.restore",
     "load_variables": "resnet_jax.checkpoints.restore",
     # Training and evaluation
     "train_and_evaluate": "resnet_jax.train.trainer",
