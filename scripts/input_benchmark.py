@@ -80,7 +80,7 @@ def measure(source, workers: int, args) -> dict:
   stream = streaming.TrainStream(
       source, global_batch_size=args.batch_size, image_size=args.image_size,
       train_crop=args.train_crop, crop_scale=(0.08, 1.0), seed=0, start_step=0,
-      num_steps=steps, workers=workers, prefetch=args.prefetch)
+      num_steps=steps, backend=streaming.backend_for(workers, args.prefetch))
   start = time.perf_counter()
   with stream:
     next(stream)

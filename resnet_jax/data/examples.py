@@ -14,8 +14,31 @@ def _read(source, index: int, max_side: int) -> dict:
   return read(index, max_side) if read is not None else source[index]
 
 
-class TrainExample:
+class _Rows:
+  """Equal when made of the same source object with the same parameters, so the same rows.
+
+  A run's worker pool is built with its streams' transforms, and a stream
+  made later finds its own among them by equality (workers.Workers.key).
+  """
+
+  _caches: tuple[str, ...] = ()  # Attributes that only memoise.
+
+  def _params(self) -> tuple:
+    return tuple(sorted((name, value) for name, value in self.__dict__.items()
+                        if name != "source" and name not in self._caches))
+
+  def __eq__(self, other) -> bool:
+    return (type(other) is type(self) and other.source is self.source
+            and other._params() == self._params())
+
+  def __hash__(self) -> int:
+    return hash((type(self), id(self.source), self._params()))
+
+
+class TrainExample(_Rows):
   """Row k of this process's stream to one augmented example; runs in worker processes or threads."""
+
+  _caches = ("_permutation",)
 
   def __init__(self, source, *, global_batch_size: int, local_batch_size: int,
                process_index: int, image_size: int, train_crop: str,
@@ -56,7 +79,7 @@ class TrainExample:
     return {"image": image, "label": np.int32(example["label"])}
 
 
-class EvalExample:
+class EvalExample(_Rows):
   """Row k of this process's eval stream to one example with its mask (zeros past the end)."""
 
   def __init__(self, source, *, global_batch_size: int, local_batch_size: int,

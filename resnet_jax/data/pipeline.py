@@ -105,12 +105,18 @@ def _train_size(config: ml_collections.ConfigDict) -> tuple[tuple[int, ...] | No
 
 
 def open_source(config: ml_collections.ConfigDict, split: str):
-  """The random-access source of one split of config.dataset (a TFDS dataset prepared first)."""
-  return sources.open_split(config.dataset, split, config.data_dir, config.manual_dir)
+  """The random-access source of one split of config.dataset (a TFDS dataset prepared first).
+
+  With config.eval_split a holdout (`holdout:0.1`), config.train_split opens
+  as the pictures it leaves for training.
+  """
+  return sources.open_split(config.dataset, split, config.data_dir, config.manual_dir,
+                            sources.SourceOptions.of(config))
 
 
 def open_training_data(config: ml_collections.ConfigDict) -> TrainingData:
   """Loads the train and eval splits the way config.input_pipeline (or the auto rule) says."""
+  sources.check_splits(config.dataset, sources.SourceOptions.of(config))  # Before any reading.
   shape, num_examples = _train_size(config)
   if choose_pipeline(config, shape, num_examples) == "memory":
     dataset = memory.load_dataset(config)
@@ -209,30 +215,48 @@ class MemoryTrainInput:
     pass
 
 
+def _train_rows_args(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What this process's training rows are made of, besides the source."""
+  return dict(global_batch_size=config.batch_size, image_size=config.input_shape[0],
+              train_crop=config.train_crop, crop_scale=tuple(config.crop_scale), seed=config.seed,
+              process_index=jax.process_index(), process_count=jax.process_count())
+
+
+def _eval_rows_args(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What this process's eval rows are made of, besides the source."""
+  return dict(global_batch_size=config.eval_batch_size, image_size=config.input_shape[0],
+              crop_fraction=images.eval_crop_fraction(config),
+              process_index=jax.process_index(), process_count=jax.process_count())
+
+
 class StreamTrainInput:
   """Batches decoded on each host, from the resumed step on.
 
-  With config.data_workers > 0, `workers` are the run's worker processes:
-  the training stream's, and its evaluations' (`StreamEvalInput(..., pool=workers)`),
-  started with the first batch and stopped by `close`.
+  With config.data_workers > 0, `workers` is the run's one pool of worker
+  processes, built here with the training rows and those of `eval_source`:
+  `StreamEvalInput(..., pool=workers)` runs every evaluation on it. It
+  starts with the first batch, of either, and stops at `close`.
   """
 
   waits_on_host = True
 
-  def __init__(self, config: ml_collections.ConfigDict, source, mesh: Mesh, num_steps: int):
+  def __init__(self, config: ml_collections.ConfigDict, source, mesh: Mesh, num_steps: int, *,
+               eval_source):
     self.config, self.source, self.mesh, self.num_steps = config, source, mesh, num_steps
     self.stream = None
-    self.workers = (worker_pool.Workers(config.data_workers) if config.data_workers > 0
-                    else None)
+    chosen, self.workers = streaming.backend_for(config.data_workers), None
+    if isinstance(chosen, streaming.Processes):  # One pool for the run, not one per pass.
+      self.workers = worker_pool.Workers(chosen.count, [
+          streaming.train_rows(source, **_train_rows_args(config)),
+          streaming.eval_rows(eval_source, **_eval_rows_args(config))])
+      chosen = streaming.Pool(self.workers, chosen.prefetch)
+    self.backend = chosen
 
   def start(self, step: int) -> None:
     """Positions the stream at `step` (once): the data order is a function of seed and step alone."""
-    config = self.config
-    self.stream = streaming.TrainStream(
-        self.source, global_batch_size=config.batch_size, image_size=config.input_shape[0],
-        train_crop=config.train_crop, crop_scale=tuple(config.crop_scale), seed=config.seed,
-        start_step=step, num_steps=self.num_steps, workers=config.data_workers,
-        process_index=jax.process_index(), process_count=jax.process_count(), pool=self.workers)
+    self.stream = streaming.TrainStream(self.source, **_train_rows_args(self.config),
+                                        start_step=step, num_steps=self.num_steps,
+                                        backend=self.backend)
 
   @property
   def wait_seconds(self) -> float:
@@ -251,17 +275,17 @@ class StreamTrainInput:
 class StreamEvalInput:
   """The eval split as padded, masked global batches, the same count on every process.
 
-  Each call is one pass. With `pool` (a training run's workers, before they
-  start), every pass runs on them; otherwise each pass starts its own.
+  Each call is one pass. With `pool` (a training run's `StreamTrainInput.workers`,
+  built with this split's rows), every pass runs on it; otherwise each pass
+  reads as config.data_workers says, with processes of its own.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, source, mesh: Mesh,
                pool: worker_pool.Workers | None = None):
     self.mesh = mesh
-    self.stream = streaming.EvalStream(
-        source, global_batch_size=config.eval_batch_size, image_size=config.input_shape[0],
-        crop_fraction=images.eval_crop_fraction(config), process_index=jax.process_index(),
-        process_count=jax.process_count(), workers=config.data_workers, pool=pool)
+    backend = (streaming.Pool(pool) if pool is not None
+               else streaming.backend_for(config.data_workers))
+    self.stream = streaming.EvalStream(source, **_eval_rows_args(config), backend=backend)
 
   def __call__(self) -> Iterator[dict[str, jax.Array]]:
     for local in self.stream():

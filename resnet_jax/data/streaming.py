@@ -8,12 +8,16 @@ on a 1-axis mesh over all devices. So the batches do not depend on the number
 of workers or processes, and a resumed run only needs its step (Grain's own
 iterator checkpoint depends on the worker count and is not used).
 
-Only the per-example decode and resize run on the host (examples.py): in
-threads of this process through Grain (workers=0), or in the persistent
-worker processes of workers.py, which import no JAX and start in well under
-a second; crops by padding, flips and normalisation run on the device.
+Only the per-example decode and resize run on the host (examples.py), in one
+of three backends, each one value naming its own parameters: `Threads` of
+this process through Grain (config.data_workers = 0), `Processes` of the
+stream's own, started with each pass (workers.py: they import no JAX and
+start in well under a second), or a run's `Pool`, built with every stream's
+transform and kept across training and evaluation. Crops by padding, flips
+and normalisation run on the device.
 """
 
+import dataclasses
 import gc
 import time
 from collections.abc import Iterator
@@ -30,9 +34,38 @@ _TrainExample, _EvalExample = TrainExample, EvalExample  # Their former names.
 TRAIN_CROPS = ("pad", "random_resized")
 
 
-def _check_workers(workers: int) -> None:
+@dataclasses.dataclass(frozen=True)
+class Threads:
+  """Grain threads of this process, `prefetch` batches in flight."""
+  prefetch: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Processes:
+  """`count` worker processes of the stream's own, started with each pass and stopped after it."""
+  count: int
+  prefetch: int = 2  # Batches in flight per process.
+
+  def __post_init__(self):
+    if self.count < 1:
+      raise ValueError(f"Processes needs at least one process, not {self.count}: use Threads()")
+
+
+@dataclasses.dataclass(frozen=True)
+class Pool:
+  """The processes of `workers`, a pool built with this stream's transform; its owner closes it."""
+  workers: worker_pool.Workers
+  prefetch: int = 2  # Batches in flight per process.
+
+
+Backend = Threads | Processes | Pool
+
+
+def backend_for(workers: int, prefetch: int = 2) -> Threads | Processes:
+  """The backend of config.data_workers = `workers`: 0 threads, more processes of a stream's own."""
   if workers < 0:
     raise UserError(f"workers is {workers}: set --config.data_workers to 0 (in-process) or more")
+  return Processes(workers, prefetch) if workers else Threads(prefetch)
 
 
 def _local_batch_size(global_batch_size: int, process_count: int) -> int:
@@ -59,18 +92,21 @@ def _collect() -> None:
   gc.collect()
 
 
-def _iterate(transform, batch_size: int, first_batch: int, num_batches: int, workers: int,
-             prefetch: int, pool: "tuple[worker_pool.Workers, int] | None" = None):
-  """Batches first_batch.. of `transform`: from `pool` (workers and the transform's key) where
-  given, else in `workers` processes of their own (0: threads of this process)."""
-  prefetch = max(1, prefetch)
-  if pool is not None:
-    workers_, key = pool
-    return workers_.batches(key, batch_size=batch_size, first_batch=first_batch,
-                            num_batches=num_batches, prefetch=prefetch)
-  if workers:
-    return worker_pool.own_batches(transform, batch_size=batch_size, first_batch=first_batch,
-                                   num_batches=num_batches, workers=workers, prefetch=prefetch)
+def _check_pool(transform, chosen: Backend) -> None:
+  """Refuses, now rather than at the first batch, a pool that cannot run `transform`."""
+  if isinstance(chosen, Pool):
+    chosen.workers.key(transform)
+
+
+def _iterate(transform, batch_size: int, first_batch: int, num_batches: int, chosen: Backend):
+  """Batches first_batch.. of `transform`, made where `chosen` says."""
+  prefetch = max(1, chosen.prefetch)
+  sizes = dict(batch_size=batch_size, first_batch=first_batch, num_batches=num_batches,
+               prefetch=prefetch)
+  if isinstance(chosen, Pool):
+    return chosen.workers.batches(transform, **sizes)
+  if isinstance(chosen, Processes):
+    return worker_pool.own_batches(transform, workers=chosen.count, **sizes)
   # Threads compute whole batches; Pillow's decode and resize release the GIL.
   rows = grain.MapDataset.range(first_batch * batch_size, (first_batch + num_batches) * batch_size)
   dataset = rows.map(transform.map).batch(batch_size, drop_remainder=True)
@@ -78,38 +114,46 @@ def _iterate(transform, batch_size: int, first_batch: int, num_batches: int, wor
       grain.ReadOptions(num_threads=prefetch, prefetch_buffer_size=prefetch)))
 
 
+def train_rows(source, *, global_batch_size: int, image_size: int, train_crop: str,
+               crop_scale: tuple[float, float], seed: int, process_index: int = 0,
+               process_count: int = 1) -> TrainExample:
+  """This process's rows of the training stream: what a `Pool` must be built with to run it."""
+  if train_crop not in TRAIN_CROPS:
+    raise UserError(f"train_crop {train_crop!r} is not known: set --config.train_crop to one "
+                    f"of {', '.join(TRAIN_CROPS)}")
+  if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+    raise UserError(f"crop_scale {tuple(crop_scale)} is not a range inside (0, 1]: set "
+                    "--config.crop_scale to (low, high) with 0 < low <= high <= 1, "
+                    "e.g. (0.08, 1.0)")
+  local_batch_size = _local_batch_size(global_batch_size, process_count)
+  if len(source) // global_batch_size == 0:
+    raise UserError(f"the training split has {len(source)} examples, fewer than one batch of "
+                    f"{global_batch_size}: lower --config.batch_size or add examples")
+  return TrainExample(
+      source, global_batch_size=global_batch_size, local_batch_size=local_batch_size,
+      process_index=process_index, image_size=image_size, train_crop=train_crop,
+      crop_scale=crop_scale, seed=seed)
+
+
 class TrainStream:
   """This process's rows of the training batches for steps start_step..num_steps-1, uint8.
 
   `wait_seconds` is the total time `next` blocked, starting the workers included.
-  With `pool` (workers that have not started yet), the batches come from
-  those workers, which outlive the stream; otherwise from `workers` of its own.
+  With a `Pool` backend the pool outlives the stream; `Processes` stop with it.
   """
 
   def __init__(self, source, *, global_batch_size: int, image_size: int, train_crop: str,
                crop_scale: tuple[float, float], seed: int, start_step: int, num_steps: int,
-               workers: int, process_index: int = 0, process_count: int = 1, prefetch: int = 2,
-               pool: worker_pool.Workers | None = None):
-    if train_crop not in TRAIN_CROPS:
-      raise UserError(f"train_crop {train_crop!r} is not known: set --config.train_crop to one "
-                      f"of {', '.join(TRAIN_CROPS)}")
-    if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
-      raise UserError(f"crop_scale {tuple(crop_scale)} is not a range inside (0, 1]: set "
-                      "--config.crop_scale to (low, high) with 0 < low <= high <= 1, "
-                      "e.g. (0.08, 1.0)")
-    _check_workers(workers)
-    self.local_batch_size = _local_batch_size(global_batch_size, process_count)
-    self.steps_per_epoch = len(source) // global_batch_size
-    if self.steps_per_epoch == 0:
-      raise UserError(f"the training split has {len(source)} examples, fewer than one batch of "
-                      f"{global_batch_size}: lower --config.batch_size or add examples")
-    transform = _TrainExample(
-        source, global_batch_size=global_batch_size, local_batch_size=self.local_batch_size,
-        process_index=process_index, image_size=image_size, train_crop=train_crop,
-        crop_scale=crop_scale, seed=seed)
+               process_index: int = 0, process_count: int = 1,
+               backend: Backend = Threads()):
+    transform = train_rows(source, global_batch_size=global_batch_size, image_size=image_size,
+                           train_crop=train_crop, crop_scale=crop_scale, seed=seed,
+                           process_index=process_index, process_count=process_count)
+    _check_pool(transform, backend)
+    self.local_batch_size = transform.local_batch_size
+    self.steps_per_epoch = transform.steps_per_epoch
     self._transform, self._num_batches = transform, max(0, num_steps - start_step)
-    self._workers, self._prefetch = workers, prefetch
-    self._pool = (pool, pool.register(transform)) if pool is not None else None
+    self._backend = backend
     self._iterator = None
     self._closed = False
     self.step = start_step  # The step of the next batch.
@@ -125,7 +169,7 @@ class TrainStream:
     try:
       if self._iterator is None:
         self._iterator = _iterate(self._transform, self.local_batch_size, self.step,
-                                  self._num_batches, self._workers, self._prefetch, self._pool)
+                                  self._num_batches, self._backend)
       batch = _owned(next(self._iterator))
     except StopIteration:
       raise
@@ -162,35 +206,42 @@ def _channels(source) -> int:
   return int(channels) if channels else int(np.asarray(source[0]["image"]).shape[-1])
 
 
+def eval_rows(source, *, global_batch_size: int, image_size: int, crop_fraction: float,
+              process_index: int = 0, process_count: int = 1) -> EvalExample:
+  """This process's rows of the eval stream: what a `Pool` must be built with to run it."""
+  local_batch_size = _local_batch_size(global_batch_size, process_count)
+  if not 0 < crop_fraction <= 1:
+    raise UserError(f"crop_fraction {crop_fraction} is not in (0, 1]: set "
+                    "--config.eval_crop_fraction to e.g. 0.875 (or 1.0 for no crop)")
+  return EvalExample(
+      source, global_batch_size=global_batch_size, local_batch_size=local_batch_size,
+      process_index=process_index, image_size=image_size, crop_fraction=crop_fraction,
+      channels=_channels(source))
+
+
 class EvalStream:
   """This process's rows of every eval batch, one whole pass per call: image, label and mask.
 
   Every process yields num_eval_batches(len(source), global_batch_size)
   batches, so collective steps stay in lockstep; over all processes each
-  example appears exactly once with mask 1 (0 on padding rows). With `pool`
-  (workers that have not started yet, e.g. the training stream's), every pass
-  runs on those same workers; otherwise each pass starts `workers` of its own.
+  example appears exactly once with mask 1 (0 on padding rows). With a
+  `Pool` backend (e.g. the training stream's), every pass runs on those same
+  workers; with `Processes`, each pass starts its own.
   """
 
   def __init__(self, source, *, global_batch_size: int, image_size: int, crop_fraction: float,
-               process_index: int = 0, process_count: int = 1, workers: int = 0,
-               prefetch: int = 2, pool: worker_pool.Workers | None = None):
-    self.local_batch_size = _local_batch_size(global_batch_size, process_count)
-    _check_workers(workers)
-    if not 0 < crop_fraction <= 1:
-      raise UserError(f"crop_fraction {crop_fraction} is not in (0, 1]: set "
-                      "--config.eval_crop_fraction to e.g. 0.875 (or 1.0 for no crop)")
+               process_index: int = 0, process_count: int = 1, backend: Backend = Threads()):
+    self._transform = eval_rows(source, global_batch_size=global_batch_size,
+                                image_size=image_size, crop_fraction=crop_fraction,
+                                process_index=process_index, process_count=process_count)
+    _check_pool(self._transform, backend)
+    self.local_batch_size = self._transform.local_batch_size
     self.num_batches = num_eval_batches(len(source), global_batch_size)
-    self._transform = EvalExample(
-        source, global_batch_size=global_batch_size, local_batch_size=self.local_batch_size,
-        process_index=process_index, image_size=image_size, crop_fraction=crop_fraction,
-        channels=_channels(source))
-    self._workers, self._prefetch = workers, prefetch
-    self._pool = (pool, pool.register(self._transform)) if pool is not None else None
+    self._backend = backend
 
   def __call__(self) -> Iterator[dict]:
     iterator = _iterate(self._transform, self.local_batch_size, 0, self.num_batches,
-                        self._workers, self._prefetch, self._pool)
+                        self._backend)
     try:
       for batch in iterator:
         yield _owned(batch)

@@ -5,8 +5,10 @@ imports Grain, which imports JAX: about 2 s before the first batch, every
 time a stream starts. These workers are forked from a `forkserver` that has
 imported only examples.py (numpy and Pillow), so a pool starts in a fraction
 of a second. One pool (`Workers`) serves a whole training run: every epoch
-of the training stream and every evaluation during it, each a transform
-registered before the first batch and installed in each worker once.
+of the training stream and every evaluation during it. Its transforms are
+given when it is built, the only time they can be, since each worker receives
+them all when it starts; a stream of a transform the pool lacks is refused
+when it is asked for, before any batch.
 
 Batch b of a transform is rows [b * size, (b + 1) * size), a pure function
 of b, so the output is the same for any worker count; `prefetch` batches per
@@ -29,7 +31,7 @@ import mmap
 import multiprocessing
 import os
 import pickle
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -129,17 +131,22 @@ def remove_stale_slots(directory: str = SLOT_DIR) -> None:
 
 
 class Workers:
-  """`count` worker processes for the transforms registered before the first batch.
+  """`count` worker processes for the transforms given here, the only ones they can run.
 
-  They start with the first batch and stop at `close`; a transform cannot
-  be added once they run (each worker received the list at start).
+  The processes start with the first batch and stop at `close`; each
+  receives every transform when it starts, which is why they are all given
+  at construction and none can be added later.
   """
 
-  def __init__(self, count: int, slot_dir: str | None = SLOT_DIR):
+  def __init__(self, count: int, transforms: Sequence, slot_dir: str | None = SLOT_DIR):
     if count < 1:
       raise ValueError(f"Workers needs at least one process, not {count}")
+    if not transforms:
+      raise ValueError("Workers needs the transforms it is to run: pass every stream's, "
+                       "e.g. Workers(count, [train_rows, eval_rows])")
     self.count = count
-    self._blobs: list[bytes] = []
+    self._transforms = tuple(transforms)
+    self._blobs = [pickle.dumps(transform) for transform in self._transforms]
     self._executor = None
     self._closed = False
     usable = slot_dir is not None and os.path.isdir(slot_dir) and os.access(slot_dir, os.W_OK)
@@ -147,12 +154,14 @@ class Workers:
                        if usable else None)
     self._active: set[int] = set()  # Keys with a Batches open: one at a time shares slots.
 
-  def register(self, transform) -> int:
-    """The key under which `batches` makes batches of `transform`."""
-    if self._executor is not None or self._closed:
-      raise RuntimeError("register every transform before the workers start")
-    self._blobs.append(pickle.dumps(transform))
-    return len(self._blobs) - 1
+  def key(self, transform) -> int:
+    """Where `transform` (or one equal to it) is among those the pool was built with."""
+    for key, held in enumerate(self._transforms):
+      if held is transform or held == transform:
+        return key
+    raise ValueError(f"these workers were not built with this {type(transform).__name__}: "
+                     "pass it in Workers(count, transforms) beside the others, or give its "
+                     "stream worker processes of its own")
 
   def slot(self, key: int, index: int) -> str | None:
     return f"{self._slot_base}{key}-{index}" if self._slot_base else None
@@ -169,10 +178,10 @@ class Workers:
           initargs=(self._blobs,))
     return self._executor.submit(_batch, key, start, size, slot)
 
-  def batches(self, key: int, *, batch_size: int, first_batch: int, num_batches: int,
+  def batches(self, transform, *, batch_size: int, first_batch: int, num_batches: int,
               prefetch: int = 2) -> "Batches":
-    """Batches first_batch.. of transform `key`, in order."""
-    return Batches(self, key, batch_size=batch_size, first_batch=first_batch,
+    """Batches first_batch.. of `transform` (one the pool was built with), in order."""
+    return Batches(self, self.key(transform), batch_size=batch_size, first_batch=first_batch,
                    num_batches=num_batches, prefetch=prefetch)
 
   def close(self) -> None:
@@ -266,7 +275,6 @@ class Batches:
 def own_batches(transform, *, batch_size: int, first_batch: int, num_batches: int,
                 workers: int, prefetch: int = 2) -> Batches:
   """Batches of one transform from workers of its own, stopped when the batches are closed."""
-  pool = Workers(workers)
-  key = pool.register(transform)
-  return Batches(pool, key, batch_size=batch_size, first_batch=first_batch,
+  pool = Workers(workers, [transform])
+  return Batches(pool, 0, batch_size=batch_size, first_batch=first_batch,
                  num_batches=num_batches, prefetch=prefetch, owns_workers=True)

@@ -13,8 +13,10 @@ from resnet_jax.data import pipeline
 from resnet_jax.reporting import metric_log
 from resnet_jax.train import trainer
 from resnet_jax.errors import UserError
-from tests.conftest import (REPO, assert_resume_is_exact, tiny_config, tiny_flags,
-                            write_image_folder)
+from resnet_jax import sharding
+from tests.conftest import (REPO, assert_resume_is_exact, resolved_config, tiny_config,
+                            tiny_flags, write_image_folder)
+from tests.data.test_streaming import PidSource
 
 CLASSES = ("zebra", "cat", "dog house")
 
@@ -97,6 +99,32 @@ def test_tfds_dataset_streams_by_random_access(tmp_path):
   assert saved["input_pipeline"] == "stream" and saved["input_shape"] == [32, 32, 3]
   train_records = [r for r in metric_log.read_metrics(str(tmp_path / "run")) if "train_loss" in r]
   assert train_records and all(0 <= r["data_wait_fraction"] <= 1 for r in train_records)
+
+
+def test_a_streamed_run_reads_training_and_every_eval_on_one_pool():
+  """The run's pool holds the eval rows from the start: an eval before the first training batch
+  and one after it read on the same processes; a split the pool lacks is refused when its input
+  is made, before any batch."""
+  import jax
+  batch_size = 4 * jax.device_count()
+  config = resolved_config(size=8, batch_size=batch_size, eval_batch_size=batch_size,
+                           data_workers=2)
+  mesh = sharding.create_mesh()
+  eval_source = PidSource(batch_size)  # No padding rows, whose label is 0.
+  train_input = pipeline.StreamTrainInput(config, PidSource(2 * batch_size), mesh, 2,
+                                          eval_source=eval_source)
+  evals = pipeline.StreamEvalInput(config, eval_source, mesh, pool=train_input.workers)
+  pids = lambda batches: {int(pid) for batch in batches for pid in jax.device_get(batch["label"])}
+  try:
+    readers = pids(evals())
+    train_input.start(0)
+    readers |= pids([train_input.next(), train_input.next()])
+    readers |= pids(evals())
+  finally:
+    train_input.close()
+  assert 1 <= len(readers) <= 2 and os.getpid() not in readers
+  with pytest.raises(ValueError, match="not built with this EvalExample"):
+    pipeline.StreamEvalInput(config, PidSource(batch_size), mesh, pool=train_input.workers)
 
 
 @pytest.mark.parametrize("requested, shape, budget, expected", [

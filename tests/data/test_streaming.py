@@ -34,11 +34,16 @@ class IndexSource:
     return {"image": image, "label": np.int32(i)}
 
 
+TRAIN_ROWS = dict(global_batch_size=4, image_size=8, train_crop="pad", crop_scale=(0.08, 1.0),
+                  seed=3)
+EVAL_ROWS = dict(global_batch_size=4, image_size=8, crop_fraction=1.0)
+
+
 def train_stream(source, **overrides) -> streaming.TrainStream:
-  args = dict(global_batch_size=4, image_size=8, train_crop="pad", crop_scale=(0.08, 1.0),
-              seed=3, start_step=0, num_steps=6, workers=0)
+  args = dict(TRAIN_ROWS, start_step=0, num_steps=6)
   args.update(overrides)
   return streaming.TrainStream(source, **args)
+
 
 
 def collect(stream: streaming.TrainStream) -> list[dict]:
@@ -125,7 +130,7 @@ def test_random_resized_is_a_function_of_seed_step_and_row():
 def test_two_workers_give_the_same_batches_as_none(folder):
   args = dict(num_steps=5, image_size=16, train_crop="random_resized")
   in_process = collect(train_stream(folder, **args))
-  stream = train_stream(folder, workers=2, **args)
+  stream = train_stream(folder, backend=streaming.Processes(2), **args)
   with_workers = collect(stream)
   assert len(with_workers) == len(in_process) == 5
   for a, b in zip(in_process, with_workers):
@@ -137,7 +142,8 @@ def test_two_workers_give_the_same_batches_as_none(folder):
 
 def test_two_workers_give_the_same_eval_batches_as_none(folder):
   evals = [list(streaming.eval_batches(folder, global_batch_size=4, image_size=8,
-                                       crop_fraction=0.875, workers=w)) for w in (0, 2)]
+                                       crop_fraction=0.875, backend=streaming.backend_for(w)))
+           for w in (0, 2)]
   assert len(evals[0]) == len(evals[1]) == 4
   for a, b in zip(*evals):
     for key in ("image", "label", "mask"):
@@ -161,7 +167,7 @@ def test_bad_arguments_raise_when_the_stream_is_made():
   with pytest.raises(UserError, match="train_crop 'flip' is not known"):
     train_stream(IndexSource(8), train_crop="flip")
   with pytest.raises(UserError, match="workers is -1"):
-    train_stream(IndexSource(8), workers=-1)
+    streaming.backend_for(-1)
   with pytest.raises(UserError, match="crop_fraction 1.5 is not in"):
     streaming.eval_batches(IndexSource(8), global_batch_size=4, image_size=8, crop_fraction=1.5)
   with pytest.raises(UserError, match="does not split evenly over 3 processes"):
@@ -202,7 +208,7 @@ def test_a_bad_picture_in_a_worker_is_the_users_error_and_stops_the_workers(tmp_
   source = sources.FolderSource(str(tmp_path), "train")
   stream = streaming.TrainStream(source, global_batch_size=4, image_size=8, train_crop="pad",
                                  crop_scale=(0.08, 1.0), seed=0, start_step=0, num_steps=4,
-                                 workers=2)
+                                 backend=streaming.Processes(2))
   with pytest.raises(UserError, match="cannot decode .*0.jpg"):
     list(stream)
   assert stream._iterator is None and list(stream) == []  # Closed: the workers are gone.
@@ -216,24 +222,56 @@ class PidSource(IndexSource):
 
 
 def test_one_pool_serves_the_training_stream_and_every_eval():
-  """A run's workers start once: training batches and each eval pass come from the same ones."""
+  """A run's workers start once: training batches and each eval pass come from the same ones,
+  an eval stream made after the first training batch included (the pool holds its rows)."""
   source = PidSource(8)
-  with worker_pool.Workers(2) as pool:
-    train = train_stream(source, num_steps=4, workers=2, pool=pool)
-    evals = streaming.EvalStream(source, global_batch_size=4, image_size=8, crop_fraction=1.0,
-                                 workers=2, pool=pool)
-    with pytest.raises(RuntimeError, match="before the workers start"):
-      next(train), pool.register(object())
-    readers = {int(pid) for batch in [*train, *evals(), *evals()] for pid in batch["label"]}
+  rows = [streaming.train_rows(source, **TRAIN_ROWS), streaming.eval_rows(source, **EVAL_ROWS)]
+  with worker_pool.Workers(2, rows) as pool:
+    train = train_stream(source, num_steps=4, backend=streaming.Pool(pool))
+    readers = {int(pid) for pid in next(train)["label"]}  # The workers run from here on.
+    evals = streaming.EvalStream(source, **EVAL_ROWS, backend=streaming.Pool(pool))
+    readers |= {int(pid) for batch in [*train, *evals(), *evals()] for pid in batch["label"]}
     train.close()  # The stream's end leaves the pool running for the next eval.
     readers |= {int(pid) for batch in evals() for pid in batch["label"]}
   assert 1 <= len(readers) <= 2 and os.getpid() not in readers
   with pytest.raises(RuntimeError, match="closed"):
     list(evals())
-  # Without a pool each pass starts workers of its own: other processes.
-  alone = streaming.EvalStream(source, global_batch_size=4, image_size=8, crop_fraction=1.0,
-                               workers=2)
+  # With processes of its own, each pass starts others.
+  alone = streaming.EvalStream(source, **EVAL_ROWS, backend=streaming.Processes(2))
   assert not {int(pid) for batch in alone() for pid in batch["label"]} & readers
+
+
+def test_a_pool_takes_every_transform_when_built_and_refuses_others_before_any_batch():
+  """Nothing can be added to a pool once built, and a stream whose rows it was not built with
+  fails when the stream is made, before a worker starts, with the fix in the message."""
+  source = IndexSource(8)
+  pool = worker_pool.Workers(2, [streaming.train_rows(source, **TRAIN_ROWS)])
+  assert not hasattr(pool, "register")
+  refused = [
+      lambda: streaming.EvalStream(source, **EVAL_ROWS, backend=streaming.Pool(pool)),
+      lambda: train_stream(source, seed=4, backend=streaming.Pool(pool)),  # Other rows.
+      lambda: train_stream(IndexSource(8), backend=streaming.Pool(pool)),  # Another source.
+  ]
+  for make in refused:
+    with pytest.raises(ValueError, match=r"not built with this \w+Example: pass it in "
+                                         r"Workers\(count, transforms\)"):
+      make()
+  train = train_stream(source, num_steps=1, backend=streaming.Pool(pool))  # Equal rows: its own.
+  assert pool._executor is None  # Refused before any process started.
+  with pool:
+    assert len(collect(train)) == 1
+  with pytest.raises(ValueError, match="needs the transforms"):
+    worker_pool.Workers(2, [])
+
+
+def test_the_backend_is_one_value():
+  """Threads, processes of a stream's own, or a shared pool: one argument, not a pair."""
+  assert streaming.backend_for(0) == streaming.Threads()
+  assert streaming.backend_for(3, prefetch=4) == streaming.Processes(3, prefetch=4)
+  with pytest.raises(ValueError, match="at least one process"):
+    streaming.Processes(0)
+  with pytest.raises(TypeError, match="workers"):
+    train_stream(IndexSource(8), workers=2)
 
 
 def test_batches_come_back_through_slot_files_or_the_pipe_alike(folder, tmp_path):
@@ -247,11 +285,13 @@ def test_batches_come_back_through_slot_files_or_the_pipe_alike(folder, tmp_path
   stale = tmp_path / f"resnet_jax-batch-{dead}-0-0-0"
   live = tmp_path / f"resnet_jax-batch-{os.getpid()}-99-0-0"  # A live pool's: kept.
   stale.write_bytes(b"x"), live.write_bytes(b"x")
-  args = dict(num_steps=6, image_size=16, train_crop="random_resized")
+  rows_args = dict(image_size=16, train_crop="random_resized")
+  args = dict(num_steps=6, **rows_args)
   expected = collect(train_stream(folder, **args))
+  rows = streaming.train_rows(folder, **{**TRAIN_ROWS, **rows_args})
   for slot_dir in (str(tmp_path), str(tmp_path / "missing")):
-    with worker_pool.Workers(2, slot_dir=slot_dir) as pool:
-      stream = train_stream(folder, workers=2, pool=pool, **args)
+    with worker_pool.Workers(2, [rows], slot_dir=slot_dir) as pool:
+      stream = train_stream(folder, backend=streaming.Pool(pool), **args)
       got = collect(stream)
       slots = sorted(p.name for p in tmp_path.glob("resnet_jax-batch-*") if p != live)
       if slot_dir == str(tmp_path):  # Depth 4 (2 workers x 2): slots 0-3 of transform 0.
