@@ -16,6 +16,7 @@ from resnet_jax.errors import UserError
 ARCHITECTURE_FIELDS = ("model", "stem", "width", "dataset")
 TUPLE_FIELDS = ("mean", "std", "crop_scale", "input_shape", "target_accuracies")
 TTA_MODES = ("none", "flip", "flip_translate")
+CSV_COLUMN_FIELDS = ("csv_file_column", "csv_label_column", "csv_split_column")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -79,6 +80,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.input_pipeline not in ("auto", "memory", "stream"):
     raise UserError(f"unknown input_pipeline {config.input_pipeline!r}: use 'auto', 'memory' "
                     "or 'stream'")
+  _validate_csv_columns(config)
   if config.train_crop not in ("pad", "random_resized"):
     raise UserError(f"unknown train_crop {config.train_crop!r}: use 'pad' or 'random_resized'")
   low, high = (tuple(config.crop_scale) + (0, 0))[:2]
@@ -101,6 +103,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise UserError(f"init_checkpoint {config.init_checkpoint} does not exist: pass a workdir, "
                     "a checkpoint folder written by resnet_jax, or published weights such as "
                     "torchvision:resnet50 or hf-hub:timm/resnet50.a1_in1k")
+
+
+def _validate_csv_columns(config: ml_collections.ConfigDict) -> None:
+  """The column names of a csv: dataset (split strings, holdouts included, are data/'s to check)."""
+  names = [config[field] for field in CSV_COLUMN_FIELDS]
+  for field, name in zip(CSV_COLUMN_FIELDS, names):
+    if not name.strip():
+      raise UserError(f"{field} is empty: set --config.{field} to a column name of the CSV's "
+                      "header row")
+  if len(set(names)) < len(names):
+    raise UserError(f"csv_file_column, csv_label_column and csv_split_column must name "
+                    f"different columns, got {', '.join(map(repr, names))}")
 
 
 def _validate_recipe(config: ml_collections.ConfigDict, devices: int) -> None:

@@ -10,13 +10,23 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
-  # Data: any TFDS image-classification dataset with `image` and `label`, or
-  # "folder:ROOT" for ROOT/<split>/<class>/<images> (class = folder name).
+  # Data: any TFDS image-classification dataset with `image` and `label`,
+  # "folder:ROOT" for ROOT/<split>/<class>/<images> (class = folder name), or "csv:PATH" for
+  # a CSV listing one picture per row (path relative to the CSV's folder, or absolute).
   config.dataset = "cifar10"
   config.data_dir = ""  # TFDS data directory; "" means TFDS's default.
   config.manual_dir = ""  # Folder with the dataset's original archives (offline).
-  config.train_split = "train"
+  config.train_split = "train"  # TFDS split string, split folder, or split column value.
+  # The same, or "holdout:F" (0 < F < 1; folder or CSV only): F of each class of train_split,
+  # rounded, at least 1 of a class of 2 or more, held out by a fixed hash of each picture's
+  # path (data/holdout.py), the same on every host, resume and eval; training gets the rest.
   config.eval_split = "test"
+  # Columns of a csv: dataset, named in its header row: the picture's path; its label (class
+  # names are the training rows' labels, sorted as strings); its split (optional: without
+  # this column every row is training data, and eval_split must be a holdout).
+  config.csv_file_column = "file"
+  config.csv_label_column = "label"
+  config.csv_split_column = "split"
   config.num_classes = 0  # 0: take it from the dataset.
   # Per-channel normalisation in [0, 1] pixel units; empty: the training set's.
   config.mean = ()

@@ -103,22 +103,23 @@ def decode_source(source, size: "int | tuple[int, int]" = 0, crop_fraction: floa
 
 
 def load_split(dataset: str, split: str, data_dir: str = "", manual_dir: str = "",
-               size: "int | tuple[int, int]" = 0, crop_fraction: float = 1.0) -> tuple[Split, dict]:
+               size: "int | tuple[int, int]" = 0, crop_fraction: float = 1.0,
+               options: "sources.SourceOptions | None" = None) -> tuple[Split, dict]:
   """One split decoded whole as uint8 arrays, with its metadata (num_classes, class_names).
 
-  An image folder is read afresh (its files may change) and framed to size x
-  size when size is set. A TFDS split keeps its own size unless its images
-  differ in size (then framed to size), and is cached as .npz beside the TFDS
-  data after the first decode.
+  An image folder or CSV is read afresh (its files may change) and framed to
+  size x size when size is set. A TFDS split keeps its own size unless its
+  images differ in size (then framed to size), and is cached as .npz beside
+  the TFDS data after the first decode. `options`: as `sources.open_split`.
   """
   data_dir = data_dir or tfds_source.default_data_dir()
-  folder = sources.is_folder(dataset)
+  folder = sources.is_image_files(dataset)
   path = None if folder else _cache_path(data_dir, dataset, split)
   cached = _read_cache(path) if path else None
   if cached is not None:
     cached[0].class_names = list(cached[1]["class_names"])
     return cached
-  source = sources.open_split(dataset, split, data_dir, manual_dir)
+  source = sources.open_split(dataset, split, data_dir, manual_dir, options)
   if not folder and source.image_shape() is not None:
     size = 0  # Cached at its own size; the device resizes to image_size.
   result = decode_source(source, size, crop_fraction)
@@ -137,10 +138,10 @@ def load_dataset(config) -> Dataset:
   A folder's images are framed to config.image_size as they load (a TFDS
   dataset's only where its images differ in size; else the device resizes).
   """
-  folder = sources.is_folder(config.dataset)
+  folder = sources.is_image_files(config.dataset)
   size = config.image_size
   train, meta = load_split(config.dataset, config.train_split, config.data_dir,
-                           config.manual_dir, size)
+                           config.manual_dir, size, options=sources.SourceOptions.of(config))
   eval_size = size or train.images.shape[1]
   eval_, eval_meta = load_eval_split(config, (eval_size, eval_size))
   if folder and eval_meta["class_names"] != meta["class_names"]:
@@ -158,7 +159,7 @@ def load_eval_split(config, size_hw: tuple[int, int]) -> tuple[Split, dict]:
   """The eval split framed to size_hw at the eval crop fraction, as the stream pipeline frames it."""
   fraction = images.eval_crop_fraction(config)
   split, meta = load_split(config.dataset, config.eval_split, config.data_dir, config.manual_dir,
-                           size_hw, fraction)
+                           size_hw, fraction, sources.SourceOptions.of(config))
   if not meta.get("framed") and (split.images.shape[1:3] != tuple(size_hw) or fraction != 1.0):
     # A TFDS split at its own size (cached): framed here, once.
     split.images = np.stack([images.frame(image, *size_hw, fraction) for image in split.images])

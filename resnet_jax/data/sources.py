@@ -1,13 +1,17 @@
-"""Every dataset as a random-access source: an image folder here, a TFDS dataset in tfds_source.
+"""Every dataset as a random-access source: image files (a folder or a CSV) here, TFDS elsewhere.
 
-`open_split` is where a run's data starts: both kinds follow Grain's
+`open_split` is where a run's data starts: every kind follows Grain's
 `RandomAccessDataSource` protocol (`__len__`, `__getitem__`, plus `read` for a
-reduced decode and `read_many` for batched reads), carry `labels`,
-`class_names` and `image_shape()`, and pickle small (paths, not pixels),
-since worker processes get them pickled. Nothing here imports JAX or
-TensorFlow, so worker processes start fast.
+reduced decode and `read_many` for batched reads), carries `labels`,
+`class_names` and `image_shape()`, and pickles small (paths, not pixels),
+since worker processes get it pickled. An image folder and a CSV (csv_labels.py)
+differ only in how they list (paths, labels, class_names); `ImageFileSource`
+decodes both, and a holdout (holdout.py) is a subset of either; TFDS datasets
+are tfds_source.py's. Nothing here imports JAX or TensorFlow, so worker
+processes start fast.
 """
 
+import dataclasses
 import functools
 import os
 from collections.abc import Sequence
@@ -15,16 +19,49 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from resnet_jax.data import images
+from resnet_jax.data import csv_labels, holdout, images
 from resnet_jax.data.tfds_source import FOLDER_PREFIX, TfdsSource
 from resnet_jax.errors import UserError
 
+CSV_PREFIX = "csv:"
 _FIX_BAD_IMAGE = "remove or replace it, then rerun the same command to resume"
 
 
 def is_folder(dataset: str) -> bool:
-  """True when `dataset` names an image folder (`folder:ROOT`) rather than a TFDS dataset."""
+  """True when `dataset` names an image folder (`folder:ROOT`)."""
   return dataset.startswith(FOLDER_PREFIX)
+
+
+def is_csv(dataset: str) -> bool:
+  """True when `dataset` names a CSV of pictures and labels (`csv:PATH`)."""
+  return dataset.startswith(CSV_PREFIX)
+
+
+def is_image_files(dataset: str) -> bool:
+  """True for image files on disk (a folder or a CSV), False for a TFDS dataset.
+
+  Image files are read afresh by every run (they may change) and never cached.
+  """
+  return is_folder(dataset) or is_csv(dataset)
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceOptions:
+  """The config fields that say how image files are labelled and split (default_config.py)."""
+  train_split: str = "train"
+  eval_split: str = "test"
+  csv_file_column: str = "file"
+  csv_label_column: str = "label"
+  csv_split_column: str = "split"
+
+  @classmethod
+  def of(cls, config) -> "SourceOptions":
+    """The options a config sets (a ConfigDict, or any mapping with `get`)."""
+    return cls(**{f.name: config.get(f.name, f.default) for f in dataclasses.fields(cls)})
+
+  @property
+  def columns(self) -> csv_labels.Columns:
+    return csv_labels.Columns(self.csv_file_column, self.csv_label_column, self.csv_split_column)
 
 
 @functools.cache
@@ -71,39 +108,20 @@ def _header_shape(path: str) -> tuple[int, int]:
   return height, width
 
 
-class FolderSource:
-  """Images under ROOT/<split>/<class>/..., labelled by their sorted class folder names."""
+class ImageFileSource:
+  """Pictures on disk and their labels, decoded to RGB; how they are listed is the subclass's.
+
+  `labels` is int32 [N], indices into `class_names`, indexed by row, so that a
+  multi-hot [N, C] array could take its place. `root` is the folder the
+  pictures' identities (`keys`, used by holdouts) are relative to.
+  """
 
   channels = 3
 
-  def __init__(self, root: str, split: str, max_side: int = 0):
-    root = os.path.expanduser(root)
-    if not os.path.isdir(root):
-      raise UserError(f"image folder {root} does not exist: pass an existing folder as "
-                      f"--config.dataset={FOLDER_PREFIX}ROOT, with one subfolder per split")
-    split_dir = os.path.join(root, split)
-    if not os.path.isdir(split_dir):
-      raise UserError(f"split folder {split_dir} does not exist: put one folder per class "
-                      f"under {split_dir}, or set --config.train_split/--config.eval_split "
-                      f"to an existing subfolder of {root}")
-    with os.scandir(split_dir) as entries:
-      class_names = sorted(e.name for e in entries if e.is_dir() and not _is_hidden(e.name))
-    if not class_names:
-      example = os.path.join(split_dir, "cat", "1.jpg")
-      raise UserError(f"split folder {split_dir} has no class folders: put each class's "
-                      f"images in its own subfolder, e.g. {example}")
-    self.root, self.split, self.max_side = root, split, max_side
-    self.class_names: list[str] = class_names
-    self.paths: list[str] = []
-    labels = []
-    for label, name in enumerate(class_names):
-      files = _image_files(os.path.join(split_dir, name))
-      if not files:
-        raise UserError(f"class folder {os.path.join(split_dir, name)} holds no images: add "
-                        "images (.jpg, .png, ...) to it or remove the folder")
-      self.paths.extend(files)
-      labels.append(np.full(len(files), label, np.int32))
-    self.labels: np.ndarray = np.concatenate(labels)
+  def __init__(self, paths: list[str], labels: np.ndarray, class_names: list[str], split: str,
+               root: str, max_side: int = 0):
+    self.paths, self.labels, self.class_names = paths, labels, class_names
+    self.split, self.root, self.max_side = split, root, max_side
 
   @property
   def num_classes(self) -> int:
@@ -138,6 +156,58 @@ class FolderSource:
     (height, width), = shapes
     return height, width, 3
 
+  def keys(self) -> list[str]:
+    """Each picture's path relative to `root`: the same wherever the dataset is mounted."""
+    return [os.path.relpath(path, self.root) for path in self.paths]
+
+  def subset(self, indices: np.ndarray, split: str) -> "ImageFileSource":
+    """The pictures at `indices`, in that order, as a split of their own (same classes)."""
+    return ImageFileSource([self.paths[i] for i in indices], self.labels[indices],
+                           self.class_names, split, self.root, self.max_side)
+
+
+class FolderSource(ImageFileSource):
+  """Images under ROOT/<split>/<class>/..., labelled by their sorted class folder names."""
+
+  def __init__(self, root: str, split: str, max_side: int = 0):
+    root = os.path.expanduser(root)
+    if not os.path.isdir(root):
+      raise UserError(f"image folder {root} does not exist: pass an existing folder as "
+                      f"--config.dataset={FOLDER_PREFIX}ROOT, with one subfolder per split")
+    split_dir = os.path.join(root, split)
+    if not os.path.isdir(split_dir):
+      raise UserError(f"split folder {split_dir} does not exist: put one folder per class "
+                      f"under {split_dir}, or set --config.train_split/--config.eval_split "
+                      f"to an existing subfolder of {root} (or --config.eval_split=holdout:0.1 "
+                      f"to hold out 10% of {split!r} where there is no other split)")
+    with os.scandir(split_dir) as entries:
+      class_names = sorted(e.name for e in entries if e.is_dir() and not _is_hidden(e.name))
+    if not class_names:
+      example = os.path.join(split_dir, "cat", "1.jpg")
+      raise UserError(f"split folder {split_dir} has no class folders: put each class's "
+                      f"images in its own subfolder, e.g. {example}")
+    paths: list[str] = []
+    labels = []
+    for label, name in enumerate(class_names):
+      files = _image_files(os.path.join(split_dir, name))
+      if not files:
+        raise UserError(f"class folder {os.path.join(split_dir, name)} holds no images: add "
+                        "images (.jpg, .png, ...) to it or remove the folder")
+      paths.extend(files)
+      labels.append(np.full(len(files), label, np.int32))
+    super().__init__(paths, np.concatenate(labels), class_names, split, root, max_side)
+
+
+class CsvSource(ImageFileSource):
+  """Pictures a CSV lists (csv_labels.py): its rows of `split`, classes from `train_split`'s."""
+
+  def __init__(self, csv_path: str, split: str, train_split: str,
+               columns: csv_labels.Columns = csv_labels.Columns(), max_side: int = 0):
+    csv_path = os.path.abspath(os.path.expanduser(csv_path))
+    paths, labels, class_names = csv_labels.read_split(csv_path, split, train_split, columns)
+    super().__init__(paths, labels, class_names, split, os.path.dirname(csv_path), max_side)
+    self.csv_path = csv_path
+
 
 def _image_files(class_dir: str) -> list[str]:
   """Image files anywhere under class_dir, hidden ones skipped, in sorted path order."""
@@ -150,9 +220,52 @@ def _image_files(class_dir: str) -> list[str]:
   return sorted(found)
 
 
-def open_split(dataset: str, split: str, data_dir: str = "", manual_dir: str = ""
-               ) -> FolderSource | TfdsSource:
-  """A random-access source for `split` of `dataset` (`folder:ROOT` or a TFDS name)."""
+def check_splits(dataset: str, options: SourceOptions) -> None:
+  """Refuses a holdout that cannot be carved (a bad fraction, a TFDS dataset, train_split)."""
+  if holdout.parse(options.train_split) is not None:
+    raise UserError(f"train_split {options.train_split!r} is a holdout: a holdout is an eval "
+                    "split; set --config.eval_split=holdout:F and --config.train_split to the "
+                    "split it is carved from")
+  if holdout.parse(options.eval_split) is not None and not is_image_files(dataset):
+    # TFDS slices splits itself (unstratified): train[:90%] and train[90%:] are disjoint.
+    raise UserError(f"eval_split {options.eval_split!r} holds out part of an image folder or "
+                    f"CSV; {dataset} is a TFDS dataset: use one of its own splits, or slice one, "
+                    "e.g. --config.train_split='train[:90%]' --config.eval_split='train[90%:]'")
+
+
+def _open_files(dataset: str, split: str, options: SourceOptions) -> ImageFileSource:
   if is_folder(dataset):
     return FolderSource(dataset[len(FOLDER_PREFIX):], split)
-  return TfdsSource(dataset, split, data_dir, manual_dir)
+  return CsvSource(dataset[len(CSV_PREFIX):], split, options.train_split, options.columns)
+
+
+def open_split(dataset: str, split: str, data_dir: str = "", manual_dir: str = "",
+               options: SourceOptions | None = None) -> ImageFileSource | TfdsSource:
+  """A random-access source for `split` of `dataset` (`folder:ROOT`, `csv:PATH` or a TFDS name).
+
+  Args:
+    dataset: config.dataset.
+    split: a split name, or a holdout spec ("holdout:0.1"): that fraction of
+      options.train_split, held out (holdout.py).
+    data_dir: TFDS data directory.
+    manual_dir: TFDS manual directory.
+    options: the config's split and CSV fields (`SourceOptions.of(config)`); where
+      options.eval_split is a holdout, options.train_split opens as the rest.
+  """
+  options = options or SourceOptions()
+  check_splits(dataset, options)
+  if not is_image_files(dataset):
+    check_splits(dataset, dataclasses.replace(options, eval_split=split))  # A holdout refused.
+    return TfdsSource(dataset, split, data_dir, manual_dir)
+  held = holdout.parse(split)
+  rest = holdout.parse(options.eval_split) if split == options.train_split else None
+  if held is None and rest is None:
+    return _open_files(dataset, split, options)
+  base = _open_files(dataset, options.train_split, options)
+  training, held_out = holdout.partition(base.labels, base.keys(), held or rest)
+  if not len(held_out):
+    spec = split if held is not None else options.eval_split
+    raise UserError(f"{spec} of split {options.train_split!r} holds out "
+                    f"no pictures: each class of it has a single picture; add pictures, or give "
+                    f"{dataset} an eval split of its own")
+  return base.subset(held_out if held is not None else training, split)
