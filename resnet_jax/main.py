@@ -44,8 +44,9 @@ def main(argv: list[str]) -> None:
   logging.info("JAX %s on %d %s device(s), %d process(es); workdir %s", jax.__version__,
                jax.device_count(), jax.default_backend(), jax.process_count(), workdir)
   if FLAGS.mode == "eval":
-    evaluator.evaluate_workdir(workdir, FLAGS.config,
-                               config_flags.get_override_values(FLAGS["config"]))
+    # The fields set on the command line (none without --config: nothing to override).
+    overridden = config_flags.get_override_values(FLAGS["config"]) if FLAGS.config else {}
+    evaluator.evaluate_workdir(workdir, FLAGS.config, overridden)
   elif FLAGS.config is None:
     raise UserError("pass --config=configs/<name>.py to train (see configs/)")
   else:
