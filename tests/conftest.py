@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -129,8 +130,7 @@ def assert_resume_is_exact(config, base, monkeypatch, stop_at_call: int, num_ste
   trainer.train_and_evaluate(config, str(base / "resumed"), quiet=True)
   (step_a, straight), (step_b, resumed) = final_state(base / "straight"), final_state(base / "resumed")
   assert step_a == step_b == num_steps
-  for part in straight:
-    jax.tree.map(np.testing.assert_array_equal, straight[part], resumed[part])
+  chex.assert_trees_all_equal(straight, resumed)
 
 
 def assert_same_logits(expected, variables, model_name, num_classes, stem, width, images_BHWC):

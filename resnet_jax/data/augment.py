@@ -6,6 +6,7 @@ resumed run draws exactly what an uninterrupted one would.
 
 from collections.abc import Callable, Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -39,6 +40,10 @@ def random_crop_flip(key: jax.Array, images_BHWC: jax.Array, padding: int,
 def preprocess(images_BHWC: jax.Array, mean: Sequence[float], std: Sequence[float],
                image_size: int = 0, dtype=jnp.float32) -> jax.Array:
   """uint8 images to normalised floats, resized to image_size when it is set."""
+  # Here, not deep inside XLA's broadcast: a mean per channel of a [B, H, W, C] batch.
+  chex.assert_rank(images_BHWC, 4)
+  chex.assert_axis_dimension(images_BHWC, 3, len(mean))
+  chex.assert_equal(len(mean), len(std))
   x = images_BHWC.astype(jnp.float32) / 255.0
   if image_size and image_size != x.shape[1]:
     x = jax.image.resize(x, (x.shape[0], image_size, image_size, x.shape[3]), "bilinear")

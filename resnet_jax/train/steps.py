@@ -13,6 +13,7 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import chex
 import flax.traverse_util as traverse_util
 import jax
 import jax.numpy as jnp
@@ -140,6 +141,10 @@ def train_step(state: TrainState, batch: Batch, *, schedule: optax.Schedule,
   and their mean gradient makes the one update. The weight EMA (if any)
   moves with `ema.decay_at(state.step, ema_decay, ema_warmup_power)`.
   """
+  # Checked while tracing (shapes are static): a mismatch names the arrays, not an XLA op.
+  chex.assert_rank(batch["image"], 4 if grad_accum_steps == 1 else 5)
+  chex.assert_equal_shape_prefix((batch["image"], batch["target"]),
+                                 1 if grad_accum_steps == 1 else 2)
   dropout_key = jax.random.fold_in(dropout_key, state.step)
   # A frozen backbone runs as a fixed feature extractor: BN uses its running statistics,
   # while the head's dropout stays on as in full training.

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -30,10 +31,8 @@ def test_a_run_written_before_the_move_reads_the_same_as_one_written_now(tmp_pat
   old, old_config, _ = load_variables(str(tmp_path / "before"))
   new, _, _ = load_variables(str(tmp_path / "now"))
   assert old_config["model"] == "resnet_tiny" and old_config["num_epochs"] == 2.0
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               old["params"], new["params"])
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               old["batch_stats"], new["batch_stats"])
+  chex.assert_trees_all_close(old["params"], new["params"], rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(old["batch_stats"], new["batch_stats"], rtol=1e-5, atol=1e-6)
 
 
 def test_a_run_written_before_the_move_resumes_from_its_step(tmp_path):

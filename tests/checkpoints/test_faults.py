@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -87,7 +88,7 @@ def signal_and_wait(process, sig, log_path, text: str) -> None:
 
 
 def assert_same_state(a, b) -> None:
-  jax.tree.map(np.testing.assert_array_equal, a, b)
+  chex.assert_trees_all_equal(a, b)
 
 
 def train_records(workdir) -> list[dict]:
@@ -576,7 +577,7 @@ def test_non_finite_stops_the_run_and_keeps_the_last_good_checkpoint(
   assert re.fullmatch(rf"error: {message}; the last saved checkpoint in {workdir / 'checkpoints'} "
                       r"is unchanged: lower --config.learning_rate .*", last), last
   assert assert_all_restore(workdir) == [3, 6]
-  jax.tree.map(np.testing.assert_array_equal, before, restored(workdir, 6))
+  chex.assert_trees_all_equal(before, restored(workdir, 6))
 
 
 # Disk ------------------------------------------------------------------------------
@@ -670,5 +671,5 @@ def test_same_seed_is_bit_identical_and_other_seed_differs(tmp_path, data):
   assert history("a") == history("b")
   assert history("a") != history("c")
   a, b, c = (restored(tmp_path / name) for name in "abc")
-  jax.tree.map(np.testing.assert_array_equal, a, b)
+  chex.assert_trees_all_equal(a, b)
   assert not np.array_equal(a["params"]["conv1"]["kernel"], c["params"]["conv1"]["kernel"])

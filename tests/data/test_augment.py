@@ -139,3 +139,12 @@ def test_tta_matches_airbench_infer_for_every_level():
     np.testing.assert_array_equal(ours, to_bhwc(theirs))
   # Reflection, not zeros nor edge copies: the shifted view's first row is the image's second.
   np.testing.assert_array_equal(views[2][:, 0, 1:], images_BHWC[:, 1, :-1])
+
+
+def test_preprocess_refuses_a_mean_per_channel_of_another_channel_count():
+  gray = np.zeros((2, 8, 8, 1), np.uint8)
+  with pytest.raises(AssertionError):
+    augment.preprocess(gray, (0.5, 0.5, 0.5), (0.2, 0.2, 0.2))
+  with pytest.raises(AssertionError):
+    augment.preprocess(gray[0], (0.5,), (0.2,))  # One image, not a batch.
+  assert augment.preprocess(gray, (0.5,), (0.2,)).shape == gray.shape

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -162,10 +163,8 @@ def _as_torch_layout(variables: dict) -> dict[str, np.ndarray]:
 
 
 def _assert_trees_equal(a: dict, b: dict) -> None:
-  flat_a, flat_b = traverse_util.flatten_dict(a), traverse_util.flatten_dict(b)
-  assert flat_a.keys() == flat_b.keys()
-  for key in flat_a:
-    np.testing.assert_array_equal(np.asarray(flat_a[key]), np.asarray(flat_b[key]), str(key))
+  """Same structure, same values: chex names the first path that differs."""
+  chex.assert_trees_all_equal(jax.device_get(a), jax.device_get(b))
 
 
 def test_numpy_state_dict_round_trips_and_wrappers_are_unwrapped():

@@ -1,5 +1,6 @@
 """The compiled train and eval steps, the schedule and the optimiser."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -155,7 +156,7 @@ def test_ema_is_the_hand_computed_average_after_three_steps():
   state, step, data, _ = setup(tiny_config(ema_decay=decay, ema_warmup=False, momentum=0.0,
                                            weight_decay=0.0))
   weights = [copy({"params": state.params, "batch_stats": state.batch_stats})]
-  assert jax.tree.all(jax.tree.map(np.array_equal, copy(state.ema), weights[0]))
+  chex.assert_trees_all_equal(copy(state.ema), weights[0])
   for _ in range(3):
     before = copy(state.params)
     state, metrics = step(state, data)
@@ -171,8 +172,7 @@ def test_ema_is_the_hand_computed_average_after_three_steps():
   expected = jax.tree.map(
       lambda a, b, c, d: decay**3 * a + (1 - decay) * (decay**2 * b + decay * c + d),
       w0, w1, w2, w3)
-  jax.tree.map(lambda e, got: np.testing.assert_allclose(got, e, rtol=1e-6, atol=1e-7),
-               expected, copy(state.ema))
+  chex.assert_trees_all_close(copy(state.ema), expected, rtol=1e-6, atol=1e-7)
   assert not np.allclose(copy(state.ema)["params"]["fc"]["kernel"], w3["params"]["fc"]["kernel"])
 
 
@@ -208,8 +208,7 @@ def test_grad_accumulation_equals_one_big_batch_step():
       state, metrics = step(state, data)
     results.append((copy(state.params), float(metrics["train_loss"])))
   (big, big_loss), (accumulated, accumulated_loss) = results
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7),
-               big, accumulated)
+  chex.assert_trees_all_close(accumulated, big, rtol=1e-5, atol=1e-7)
   assert accumulated_loss == pytest.approx(big_loss, rel=1e-5)
 
 
@@ -239,11 +238,10 @@ def test_frozen_backbone_keeps_head_dropout_and_frozen_batch_stats(dropout_rate)
                                           ema_decay=0.0)
     losses.append(float(metrics["train_loss"]))
     after = copy({"params": new_state.params, "batch_stats": new_state.batch_stats})
-    assert jax.tree.all(jax.tree.map(np.array_equal, before["batch_stats"], after["batch_stats"]))
+    chex.assert_trees_all_equal(before["batch_stats"], after["batch_stats"])
     backbone = {k: v for k, v in after["params"].items() if k != "fc"}
-    assert jax.tree.all(jax.tree.map(np.array_equal,
-                                     {k: v for k, v in before["params"].items() if k != "fc"},
-                                     backbone))
+    chex.assert_trees_all_equal({k: v for k, v in before["params"].items() if k != "fc"},
+                                backbone)
   if dropout_rate == 0.0:
     assert losses[0] == pytest.approx(loss_eval, rel=1e-6) == losses[1]
   else:  # Half the features dropped, at random: another loss, and another for another key.
@@ -280,9 +278,23 @@ def test_grad_accumulation_with_batchnorm_training_equals_micro_batches_one_by_o
   mean_grad = jax.tree.map(lambda *g: sum(g) / num_micro, *grads)
   reference = state.apply_gradients(grads=mean_grad, batch_stats=batch_stats)
   for name in ("params", "batch_stats"):
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6),
-                 copy(getattr(reference, name)), copy(getattr(ours, name)))
+    chex.assert_trees_all_close(copy(getattr(ours, name)), copy(getattr(reference, name)),
+                                rtol=1e-5, atol=1e-6)
   assert float(metrics["train_loss"]) == pytest.approx(np.mean(losses), rel=1e-6)
   # Threaded, not restarted: the last micro-batch alone would give other running statistics.
   _, alone = loss_fn(state.params, state.batch_stats, micro["image"][-1], micro["target"][-1])
   assert not np.allclose(copy(alone)["bn1"]["mean"], copy(ours.batch_stats)["bn1"]["mean"])
+
+
+def test_a_batch_whose_targets_do_not_match_its_images_fails_naming_them():
+  config = tiny_config()
+  state, _, _, _ = setup(config)
+  batch = _direct_batch(config)
+  schedule = steps.learning_rate_schedule(config, 4, 16)
+  step = lambda b: steps.train_step(state, b, schedule=schedule, dropout_key=jax.random.key(0),
+                                    grad_accum_steps=1, ema_decay=0.0)
+  with pytest.raises(AssertionError, match="shape"):
+    jax.eval_shape(step, dict(batch, target=batch["target"][:-1]))
+  with pytest.raises(AssertionError, match="rank"):
+    jax.eval_shape(step, dict(batch, image=batch["image"][0]))
+  jax.eval_shape(step, batch)  # The batch as it is traces.

@@ -1,5 +1,6 @@
 """resnet_jax/xla_cpu.py: the CPU-tuned training step computes what XLA's default one does."""
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -35,8 +36,7 @@ def test_tuned_step_matches_the_default_step():
   np.testing.assert_allclose(tuned_metrics["train_loss"], metrics["train_loss"], rtol=1e-5)
   np.testing.assert_allclose(tuned_metrics["grad_norm"], metrics["grad_norm"], rtol=1e-4)
   for default, tuned in ((params, tuned_params), (stats, tuned_stats)):
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6),
-                 default, tuned)
+    chex.assert_trees_all_close(tuned, default, rtol=1e-4, atol=1e-6)
 
 
 def test_options_only_on_cpu_and_never_over_the_users(monkeypatch):
