@@ -1,4 +1,5 @@
-"""`python -m resnet_jax.plot`: training curves and a confusion matrix from workdirs (flags)."""
+"""`python -m resnet_jax.plot`: training curves and a confusion matrix from workdirs, and a
+reliability diagram from an eval.json (flags)."""
 
 from collections.abc import Sequence
 
@@ -15,13 +16,17 @@ def define_flags() -> None:
   flags.DEFINE_string("confusion", None, "PNG for the first workdir's confusion matrix (eval.json).")
   flags.DEFINE_list("labels", None, "Comma-separated legend names, one per --workdir.")
   flags.DEFINE_bool("normalize", False, "Row fractions instead of counts in confusion-matrix cells.")
-  flags.mark_flag_as_required("workdir")
+  flags.DEFINE_string("calibration", None, "eval.json (or a workdir holding one) whose "
+                      "reliability diagram to draw.")
+  flags.DEFINE_string("calibration_output", None, "PNG for the reliability diagram; default "
+                      "calibration.png beside the eval.json.")
 
 
 def main(argv: Sequence[str]) -> None:
   runner.no_arguments(argv, "every input is a --flag")
   options = flags.FLAGS
-  plots.plot(options.workdir, options.output, options.confusion, options.labels, options.normalize)
+  plots.plot(options.workdir, options.output, options.confusion, options.labels, options.normalize,
+             options.calibration, options.calibration_output)
 
 
 def run() -> None:

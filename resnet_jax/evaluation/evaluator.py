@@ -21,7 +21,7 @@ from resnet_jax.data import pipeline, memory
 from resnet_jax.models import ema
 from resnet_jax.errors import UserError
 from resnet_jax.models import build
-from resnet_jax.evaluation import eval_steps
+from resnet_jax.evaluation import eval_steps, scores
 from resnet_jax import sharding
 
 # Fields an eval run may take from the command line; the rest come from the run.
@@ -31,6 +31,10 @@ DATA_FIELDS = ("data_dir", "manual_dir", "eval_split", "eval_batch_size", "eval_
 # --config.image_size=224 --config.eval_crop_fraction=0.875 is the standard ImageNet eval.
 PREPROCESSING_FIELDS = ("train_crop", "eval_crop_fraction", "image_size", "input_pipeline",
                         "data_workers")
+# The figures of an eval that are one number each: a training run logs these to metrics.jsonl.
+SCALAR_METRICS = ("eval_loss", "eval_accuracy", "eval_top5_accuracy", "eval_count",
+                  "eval_accuracy_raw", "eval_loss_raw", "eval_macro_f1", "eval_weighted_f1",
+                  "eval_balanced_accuracy", "eval_ece")
 
 
 class Evaluator:
@@ -84,7 +88,7 @@ class Evaluator:
 
 
 def summarize(totals: Mapping[str, Any]) -> dict[str, Any]:
-  """Host-side: fractions from the summed eval metrics."""
+  """Host-side: fractions, per-class scores and calibration from the summed eval metrics."""
   import numpy as np
   count = float(totals["count"])
   confusion = np.asarray(totals["confusion"])
@@ -92,7 +96,10 @@ def summarize(totals: Mapping[str, Any]) -> dict[str, Any]:
   result = {"eval_loss": float(totals["loss_sum"]) / count,
             "eval_accuracy": float(totals["correct"]) / count, "eval_count": int(count),
             "per_class_accuracy": per_class.tolist(),
-            "confusion_matrix": confusion.astype(int).tolist()}
+            **scores.class_scores(confusion),
+            "confusion_matrix": confusion.astype(int).tolist(),
+            **scores.calibration(totals["bin_count"], totals["bin_confidence"],
+                                 totals["bin_correct"])}
   if "correct_top5" in totals:
     result["eval_top5_accuracy"] = float(totals["correct_top5"]) / count
   return result
@@ -192,11 +199,17 @@ def describe_weights(metrics: Mapping[str, Any]) -> str:
 
 
 def format_eval(result: dict) -> str:
+  """The `--mode=eval` printout: a header line of figures, then one row per class."""
   names = result["class_names"] or [str(i) for i in range(len(result["per_class_accuracy"]))]
   lines = [f"checkpoint {result['checkpoint']} (step {result['step']}) on {result['eval_split']}: "
            f"accuracy {100 * result['eval_accuracy']:.2f}% over {result['eval_count']} examples, "
-           f"loss {result['eval_loss']:.4f}{describe_weights(result)}"]
-  width = max(len(n) for n in names)
-  lines += [f"  {name:<{width}}  {100 * acc:6.2f}%"
-            for name, acc in zip(names, result["per_class_accuracy"])]
+           f"loss {result['eval_loss']:.4f}, macro F1 {100 * result['eval_macro_f1']:.2f}%, "
+           f"balanced accuracy {100 * result['eval_balanced_accuracy']:.2f}%, "
+           f"ECE {100 * result['eval_ece']:.2f}%{describe_weights(result)}"]
+  width = max(len(n) for n in names + ["class"])
+  lines.append(f"  {'class':<{width}}  precision   recall       F1  support")
+  rows = zip(names, result["per_class_precision"], result["per_class_recall"],
+             result["per_class_f1"], result["per_class_support"])
+  lines += [f"  {name:<{width}}  {100 * precision:8.2f}%  {100 * recall:6.2f}%  {100 * f1:6.2f}%"
+            f"  {support:7d}" for name, precision, recall, f1, support in rows]
   return "\n".join(lines)

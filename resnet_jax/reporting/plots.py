@@ -1,11 +1,13 @@
-r"""Training curves and a confusion matrix as PNG files, drawn from run workdirs.
+r"""Training curves, a confusion matrix and a reliability diagram as PNG files.
 
   python -m resnet_jax.plot --workdir=runs/a [--workdir=runs/b ...] --output=curves.png \
       [--labels=a,b] [--confusion=confusion.png] [--normalize]
+  python -m resnet_jax.plot --calibration=runs/a/eval.json [--calibration_output=PNG]
 
 The curves show loss, accuracy and learning rate against epoch, one colour
 per run (solid: train, dashed with dots: eval). The confusion matrix comes
-from the first workdir's eval.json (`python -m resnet_jax.main --mode=eval`).
+from the first workdir's eval.json (`python -m resnet_jax.main --mode=eval`);
+the reliability diagram from the calibration bins of an eval.json.
 Draws without a display (Agg).
 """
 
@@ -135,6 +137,66 @@ def _confusion_title(label: str, result: Mapping[str, Any]) -> str:
   return ", ".join(parts)
 
 
+def read_calibration(path: str) -> tuple[str, dict[str, Any]]:
+  """(the eval.json's path, its contents) for an eval.json or a workdir holding one, checked
+  for calibration bins."""
+  file = os.path.join(path, "eval.json") if os.path.isdir(path) else path
+  if not os.path.isfile(file):
+    raise UserError(f"--calibration={path}: no such file: pass an eval.json written by "
+                    "python -m resnet_jax.main --mode=eval, or the workdir holding one")
+  try:
+    with open(file) as f:
+      result = json.load(f)
+    bins = result["calibration"]
+    edges, count = np.asarray(bins["bin_edges"], np.float64), np.asarray(bins["count"], np.float64)
+    sizes = {len(edges) - 1, len(count), len(bins["accuracy"]), len(bins["confidence"])}
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise UserError(f"{file} holds no calibration bins ({type(e).__name__}: {e}; an eval.json "
+                    "written before they existed has none): rerun --mode=eval to write "
+                    "them") from None
+  if len(sizes) != 1 or not count.size:
+    raise UserError(f"{file}: its calibration bins disagree in number: rerun --mode=eval to "
+                    "write them again")
+  return file, result
+
+
+def calibration_figure(result: Mapping[str, Any], title: str) -> Figure:
+  """The reliability diagram: per-bin accuracy against confidence beside the diagonal, and
+  the examples in each confidence bin."""
+  bins = result["calibration"]
+  edges, count = np.asarray(bins["bin_edges"], np.float64), np.asarray(bins["count"], np.float64)
+  filled = count > 0
+  accuracy = np.array([a if a is not None else np.nan for a in bins["accuracy"]], np.float64)
+  confidence = np.array([c if c is not None else np.nan for c in bins["confidence"]], np.float64)
+  lefts, widths = edges[:-1], np.diff(edges)
+  figure = Figure(figsize=(5.5, 7), layout="constrained")
+  reliability, histogram = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+  reliability.bar(lefts[filled], accuracy[filled], widths[filled], align="edge", color="C0",
+                  alpha=0.35, edgecolor="C0", label="accuracy of the bin")
+  reliability.plot([0, 1], [0, 1], color="0.4", linestyle="--", label="perfect calibration")
+  reliability.plot(confidence[filled], accuracy[filled], color="C3", marker="o", markersize=4,
+                   label="accuracy at mean confidence")
+  reliability.set_xlim(0, 1)
+  reliability.set_ylim(0, 1)
+  reliability.set_ylabel("accuracy")
+  reliability.set_title(title)
+  reliability.legend(loc="upper left", fontsize="small")
+  reliability.grid(alpha=0.3)
+  histogram.bar(lefts, count, widths, align="edge", color="0.5", edgecolor="white")
+  histogram.set_xlabel("confidence (top softmax probability)")
+  histogram.set_ylabel("examples")
+  histogram.grid(alpha=0.3)
+  return figure
+
+
+def _calibration_title(label: str, result: Mapping[str, Any]) -> str:
+  """`runs/a, step 7820, accuracy 93.10%, ECE 2.31%`: what the diagram shows."""
+  title = _confusion_title(label, result)
+  if result.get("eval_ece") is not None:
+    title += f", ECE {100 * float(result['eval_ece']):.2f}%"
+  return title
+
+
 def save(figure: Figure, path: str) -> None:
   """Writes the figure as a PNG, making its folder where needed."""
   folder = os.path.dirname(path)
@@ -144,8 +206,9 @@ def save(figure: Figure, path: str) -> None:
   print(f"wrote {path}")
 
 
-def plot(workdirs: Sequence[str], output: str | None, confusion: str | None = None,
-         labels: Sequence[str] | None = None, normalize: bool = False) -> None:
+def plot(workdirs: Sequence[str] | None, output: str | None, confusion: str | None = None,
+         labels: Sequence[str] | None = None, normalize: bool = False,
+         calibration: str | None = None, calibration_output: str | None = None) -> None:
   """Draws the requested PNGs; every input is checked before anything is written.
 
   Args:
@@ -154,18 +217,30 @@ def plot(workdirs: Sequence[str], output: str | None, confusion: str | None = No
     confusion: where the confusion-matrix PNG of the first workdir goes; None for none.
     labels: one legend name per workdir; None for the workdirs' basenames.
     normalize: row fractions instead of counts in the confusion matrix's cells.
+    calibration: an eval.json, or a workdir holding one, to draw the reliability diagram of;
+      None for none.
+    calibration_output: where that diagram goes; None for calibration.png beside the eval.json.
   """
-  if not workdirs:
+  if not output and not confusion and not calibration:
+    raise UserError("nothing to draw: pass --output=curves.png, --confusion=confusion.png "
+                    "and/or --calibration=eval.json")
+  if (output or confusion) and not workdirs:
     raise UserError("pass at least one --workdir=DIR")
-  if not output and not confusion:
-    raise UserError("nothing to draw: pass --output=curves.png and/or --confusion=confusion.png")
-  names = run_labels(workdirs, labels)
+  names = run_labels(workdirs, labels) if workdirs else []
   curves = curves_figure(workdirs, names) if output else None
-  matrix = None
+  matrix = diagram = None
   if confusion:
     result = read_eval(workdirs[0])
     matrix = confusion_figure(result, _confusion_title(names[0], result), normalize)
+  if calibration:
+    file, result = read_calibration(calibration)
+    run = os.path.basename(os.path.dirname(os.path.abspath(file)))
+    diagram = calibration_figure(result, _calibration_title(run, result))
+    calibration_output = calibration_output or os.path.join(os.path.dirname(file),
+                                                            "calibration.png")
   if curves is not None:
     save(curves, output)
   if matrix is not None:
     save(matrix, confusion)
+  if diagram is not None:
+    save(diagram, calibration_output)

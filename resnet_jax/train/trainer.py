@@ -266,9 +266,7 @@ class Trainer:
       metrics = self.evaluator.run(self.state)
     reached = self.clock.eval_fields(metrics["eval_accuracy"])
     epoch = step / self.steps_per_epoch
-    scalars = {k: metrics[k] for k in ("eval_loss", "eval_accuracy", "eval_top5_accuracy",
-                                       "eval_count", "eval_accuracy_raw", "eval_loss_raw")
-               if k in metrics}
+    scalars = {k: metrics[k] for k in evaluator.SCALAR_METRICS if k in metrics}
     self.writer.write(step, epoch, {**scalars, "wall_time_s": time.time() - self.started,
                                     **reached})
     self._report_data_wait()

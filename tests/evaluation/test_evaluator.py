@@ -32,8 +32,9 @@ def test_a_preprocessing_field_set_on_the_command_line_wins_even_at_its_default(
 
 @pytest.mark.parametrize("pipeline", ["stream", "memory"])
 def test_a_run_saved_without_normalisation_evaluates_on_the_eval_splits_own(
-    tiny_weights, tmp_path, pipeline):  # noqa: F811
-  """Older trainers saved no mean and std: eval estimates them from the split, streamed or not."""
+    tiny_weights, tmp_path, pipeline, capsys):  # noqa: F811
+  """Older trainers saved no mean and std: eval estimates them from the split, streamed or not.
+  eval.json and the printout carry per-class and calibration figures beside accuracy."""
   rng = np.random.default_rng(0)
   for i in range(4):
     picture = tmp_path / "data" / "val" / "abc"[i % 3] / f"{i}.png"
@@ -49,3 +50,19 @@ def test_a_run_saved_without_normalisation_evaluates_on_the_eval_splits_own(
   assert not saved.get("mean")
   result = evaluator.evaluate_workdir(str(workdir))
   assert result["eval_count"] == 4 and np.isfinite(result["eval_loss"])
+  saved = json.loads((workdir / "eval.json").read_text())
+  for key in ("per_class_precision", "per_class_recall", "per_class_f1"):
+    assert len(saved[key]) == 3 and all(0 <= v <= 1 for v in saved[key])
+  assert saved["per_class_support"] == [2, 1, 1]  # Pictures 0-3 in folders a, b, c, a.
+  for key in ("eval_macro_f1", "eval_weighted_f1", "eval_balanced_accuracy", "eval_ece"):
+    assert 0 <= saved[key] <= 1
+  assert sum(saved["calibration"]["count"]) == 4 and len(saved["calibration"]["bin_edges"]) == 16
+  header, columns, *rows = capsys.readouterr().out.strip().splitlines()[-5:]
+  assert (f"macro F1 {100 * saved['eval_macro_f1']:.2f}%, balanced accuracy "
+          f"{100 * saved['eval_balanced_accuracy']:.2f}%, ECE {100 * saved['eval_ece']:.2f}%"
+          in header)
+  assert columns.split() == ["class", "precision", "recall", "F1", "support"]
+  assert [row.split()[0] for row in rows] == ["a", "b", "c"]
+  assert [int(row.split()[-1]) for row in rows] == saved["per_class_support"]
+  assert rows[0].split()[1:4] == [f"{100 * saved[f'per_class_{k}'][0]:.2f}%"
+                                  for k in ("precision", "recall", "f1")]

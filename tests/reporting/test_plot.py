@@ -1,4 +1,5 @@
-"""Tests for resnet_jax.plot: curve and confusion-matrix PNGs, the command line and its errors."""
+"""Tests for resnet_jax.plot: curve, confusion-matrix and reliability-diagram PNGs, the command
+line and its errors."""
 
 import json
 import os
@@ -40,6 +41,24 @@ def write_eval(workdir: str) -> None:
     json.dump({"step": 300, "eval_loss": 0.5, "eval_accuracy": 0.8333,
                "per_class_accuracy": [0.8, 0.7, 1.0], "confusion_matrix": CONFUSION,
                "class_names": CLASS_NAMES}, f)
+
+
+# Five of 15 bins hold examples; the rest are empty (None), as eval.json writes them.
+BIN_COUNT = [0] * 9 + [3, 0, 6, 10, 0, 21]
+BIN_ACCURACY = [None] * 9 + [0.3333, None, 0.5, 0.8, None, 0.9524]
+BIN_CONFIDENCE = [None] * 9 + [0.62, None, 0.77, 0.84, None, 0.97]
+
+
+def write_calibrated_eval(workdir: str) -> str:
+  """An eval.json as --mode=eval writes it today, calibration bins included; returns its path."""
+  path = os.path.join(workdir, "eval.json")
+  os.makedirs(workdir, exist_ok=True)
+  with open(path, "w") as f:
+    json.dump({"step": 300, "eval_accuracy": 0.825, "eval_ece": 0.0456,
+               "confusion_matrix": CONFUSION, "class_names": CLASS_NAMES,
+               "calibration": {"bin_edges": [i / 15 for i in range(16)], "count": BIN_COUNT,
+                               "accuracy": BIN_ACCURACY, "confidence": BIN_CONFIDENCE}}, f)
+  return path
 
 
 def assert_png(path: str, min_width: int, min_height: int) -> None:
@@ -114,6 +133,58 @@ def test_confusion_needs_eval_json(tmp_path):
   assert not (tmp_path / "curves.png").exists()  # Inputs are checked before anything is written.
 
 
+def test_reliability_diagram_shows_each_filled_bin_the_diagonal_and_the_counts(tmp_path):
+  path = write_calibrated_eval(str(tmp_path / "run"))
+  file, result = plots.read_calibration(str(tmp_path / "run"))
+  assert file == path  # A workdir stands for its eval.json.
+  figure = plots.calibration_figure(result, plots._calibration_title("run", result))
+  reliability, histogram = figure.axes
+  filled = [i for i, count in enumerate(BIN_COUNT) if count]
+  bars = reliability.patches
+  assert [b.get_height() for b in bars] == pytest.approx([BIN_ACCURACY[i] for i in filled])
+  assert [b.get_x() for b in bars] == pytest.approx([i / 15 for i in filled])
+  assert [b.get_width() for b in bars] == pytest.approx([1 / 15] * len(filled))
+  diagonal, points = reliability.get_lines()
+  assert list(diagonal.get_xdata()) == list(diagonal.get_ydata()) == [0, 1]
+  assert list(points.get_xdata()) == pytest.approx([BIN_CONFIDENCE[i] for i in filled])
+  assert list(points.get_ydata()) == pytest.approx([BIN_ACCURACY[i] for i in filled])
+  assert [b.get_height() for b in histogram.patches] == BIN_COUNT
+  assert reliability.get_title() == "run, step 300, accuracy 82.50%, ECE 4.56%"
+
+
+def test_command_line_draws_the_reliability_diagram_of_a_file_or_a_workdir(tmp_path):
+  path = write_calibrated_eval(str(tmp_path / "run"))
+  chosen = tmp_path / "out" / "reliability.png"
+  for flags_given, written in (([f"--calibration={tmp_path / 'run'}"],
+                                tmp_path / "run" / "calibration.png"),
+                               ([f"--calibration={path}", f"--calibration_output={chosen}"],
+                                chosen)):
+    completed = subprocess.run([sys.executable, "-m", "resnet_jax.plot", *flags_given],
+                               cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == f"wrote {written}"
+    assert_png(str(written), 400, 500)
+
+
+@pytest.mark.parametrize("case", ["missing", "older eval.json"])
+def test_calibration_of_bad_input_is_one_error_line(tmp_path, case):
+  workdir = make_run(str(tmp_path / "run"))
+  if case == "missing":
+    target, message = str(tmp_path / "nowhere.json"), (
+        f"error: --calibration={tmp_path / 'nowhere.json'}: no such file: pass an eval.json")
+  else:
+    write_eval(workdir)  # Written before calibration bins existed.
+    target, message = workdir, f"error: {workdir}/eval.json holds no calibration bins (KeyError"
+  completed = subprocess.run(
+      [sys.executable, "-m", "resnet_jax.plot", f"--calibration={target}"],
+      cwd=REPO, capture_output=True, text=True, timeout=60)
+  assert completed.returncode == 2
+  lines = completed.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(message), completed.stderr
+  assert "--mode=eval" in lines[0]
+  assert not (tmp_path / "run" / "calibration.png").exists()
+
+
 def test_command_line_draws_both_pngs(tmp_path):
   first, second = make_run(str(tmp_path / "a")), make_run(str(tmp_path / "b"))
   write_eval(first)
@@ -146,3 +217,4 @@ def test_importing_plot_defines_no_flags():
   import resnet_jax.main  # noqa: F401
   assert "workdir" in flags.FLAGS
   assert "output" not in flags.FLAGS and "confusion" not in flags.FLAGS
+  assert "calibration" not in flags.FLAGS
