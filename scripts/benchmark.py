@@ -7,7 +7,7 @@ frameworks (gather, pad-and-crop, flip, normalise), so the comparison is like
 for like. JAX rows (on CPU compiled with the options of resnet_jax/xla_cpu.py
 unless --no-xla_cpu_tuning): the full compiled step of `steps.compile_train_step`; the
 bare `steps.train_step` on a preprocessed batch; and the trainer's host loop
-(metrics kept in a `metric_log.MetricsBuffer`, read every `--log_every` steps;
+(metrics kept in a `metrics_buffer.MetricsBuffer`, read every `--log_every` steps;
 use --steps well above it). PyTorch rows come from scripts/torch_baselines.py,
 run in a child process before JAX touches the device (see its docstring).
 Prints a table, then one JSON line, last. Measured: docs/benchmarks.md
@@ -121,7 +121,7 @@ def run_jax(args: argparse.Namespace) -> dict:
   import jax
   from resnet_jax.data import augment
   from resnet_jax.models import flops
-  from resnet_jax.reporting import metric_log
+  from resnet_jax.reporting import metrics_buffer
   from resnet_jax import sharding
   from resnet_jax.models import build
   from resnet_jax.train import steps, xla_cpu
@@ -193,7 +193,7 @@ def run_jax(args: argparse.Namespace) -> dict:
 
   def loop(n):
     nonlocal state
-    metrics = metric_log.MetricsBuffer(batch_size, start_step=0)
+    metrics = metrics_buffer.MetricsBuffer(batch_size, start_step=0)
     for step in range(1, n + 1):
       state, step_metrics = full_step(state, data)
       metrics.append(step_metrics)

@@ -23,7 +23,8 @@ from collections.abc import Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resnet_jax.reporting import metric_log  # noqa: E402  (after the path, for runs from a checkout)
+# After the path, for runs from a checkout.
+from resnet_jax.reporting import summary as run_summary  # noqa: E402
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -78,8 +79,9 @@ def _percent(s: dict) -> str:
 
 
 def _seconds(s: dict) -> str:
-  return (f"{metric_log.format_duration(s['mean'])} ± {s['std']:.1f}s "
-          f"(min {metric_log.format_duration(s['min'])}, max {metric_log.format_duration(s['max'])})")
+  return (f"{run_summary.format_duration(s['mean'])} ± {s['std']:.1f}s "
+          f"(min {run_summary.format_duration(s['min'])}, "
+          f"max {run_summary.format_duration(s['max'])})")
 
 
 def markdown_row(dataset: str, config_text: str, stats: dict, device: str, command: str,
@@ -117,12 +119,12 @@ def main(argv: Sequence[str]) -> int:
     if subprocess.run(command).returncode != 0:
       failed.append(seed)
       continue
-    summary = metric_log.summarize_run(os.path.join(args.workdir, f"seed_{seed}"))
+    summary = run_summary.summarize_run(os.path.join(args.workdir, f"seed_{seed}"))
     summaries.append(summary)
     accuracy, train = summary["final_eval_accuracy"], summary["train_time_s"]
     print(f"seed {seed}: final eval accuracy "
           f"{'-' if accuracy is None else f'{100 * accuracy:.2f}%'}, training time "
-          f"{'-' if train is None else metric_log.format_duration(train)}", flush=True)
+          f"{'-' if train is None else run_summary.format_duration(train)}", flush=True)
   if failed:
     print(f"error: the runs of seed(s) {', '.join(map(str, failed))} failed: see their output "
           "above; rerun to resume them", file=sys.stderr)

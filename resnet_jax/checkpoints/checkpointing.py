@@ -3,7 +3,8 @@
 A checkpoint directory `<workdir>/checkpoints/<step>/` holds three items:
 `state` (a dict with `params`, `batch_stats` and, for training checkpoints,
 `opt_state`, `step` and, with config.ema_decay > 0, `ema`), `config` (the
-resolved config as JSON) and `checksums` (one number per array of `state`).
+resolved config as JSON) and `checksums` (one number per array of `state`);
+training adds `clock` (the run's time as JSON), which older checkpoints lack.
 Converted PyTorch weights use the same layout without `opt_state`.
 
 Orbax writes each checkpoint into `<step>.orbax-checkpoint-tmp` and renames it
@@ -39,7 +40,7 @@ from resnet_jax.checkpoints import checksums as array_checksums, pins
 from resnet_jax.errors import UserError
 
 BEST_METRIC = "eval_accuracy"
-ITEMS = ("state", "config", "checksums")
+ITEMS = ("state", "config", "checksums", "clock")
 
 
 class CheckpointWriteError(UserError):
@@ -159,8 +160,9 @@ class Checkpointer:
     return best if best is not None else self.latest_step()
 
   def save(self, step: int, state: Mapping[str, Any], config: Mapping[str, Any],
-           metrics: Mapping[str, float] | None = None, force: bool = False) -> bool:
-    """Starts an asynchronous save; returns whether one was started.
+           metrics: Mapping[str, float] | None = None, force: bool = False,
+           clock: Mapping[str, Any] | None = None) -> bool:
+    """Starts an asynchronous save (with the run's clock if given); returns whether it started.
 
     Raises CheckpointWriteError when the disk has no room for it (judged by
     the size of the latest checkpoint) or when writing it, or the previous
@@ -173,9 +175,11 @@ class Checkpointer:
     self.wait()  # Surfaces a failure of the previous save before starting this one.
     self._clean_up()  # Frees the steps that the previous save pruned.
     self._check_free_space(step, state)
+    clock_item = {"clock": ocp.args.JsonSave(dict(clock))} if clock is not None else {}
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               config=ocp.args.JsonSave(dict(config)),
-                              checksums=ocp.args.JsonSave(array_checksums.checksums(state)))
+                              checksums=ocp.args.JsonSave(array_checksums.checksums(state)),
+                              **clock_item)
     self._saving = step
     try:
       return self.manager.save(step, args=args, metrics=dict(metrics) if metrics else None,
@@ -270,6 +274,13 @@ class Checkpointer:
   def restore_config(self, step: int) -> dict:
     return self.manager.restore(
         step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+  def restore_clock(self, step: int) -> dict | None:
+    """The run's clock saved at step; None where the checkpoint has none (saved before it was)."""
+    if not os.path.isdir(os.path.join(self.directory, str(step), "clock")):
+      return None
+    args = ocp.args.Composite(clock=ocp.args.JsonRestore())
+    return self.manager.restore(step, args=args)["clock"]
 
   def restore_newest_intact(self, target: Mapping[str, Any] | None = None,
                             steps: list[int] | None = None) -> tuple[int, dict] | None:

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import PercentFormatter
 
-from resnet_jax.reporting import metric_log
+from resnet_jax.reporting import metrics_file
 from resnet_jax.errors import UserError
 
 # Cells carry numbers only while they stay legible.
@@ -40,7 +40,7 @@ def run_labels(workdirs: Sequence[str], labels: Sequence[str] | None) -> list[st
 
 def _xy(records: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
   """Epochs and values of one metric, one point per step."""
-  points = metric_log.series(records, key)
+  points = metrics_file.series(records, key)
   return [float(r["epoch"]) for r in points], [float(r[key]) for r in points]
 
 
@@ -48,9 +48,9 @@ def curves_figure(workdirs: Sequence[str], labels: Sequence[str]) -> Figure:
   """Loss, accuracy and learning rate against epoch for each run."""
   runs = []
   for workdir in workdirs:
-    records = metric_log.read_metrics(workdir)
+    records = metrics_file.read_metrics(workdir)
     if not records:
-      raise UserError(f"{os.path.join(workdir, metric_log.METRICS_FILE)} holds no metrics yet: "
+      raise UserError(f"{os.path.join(workdir, metrics_file.METRICS_FILE)} holds no metrics yet: "
                       "plot it once the run has logged a step")
     runs.append(records)
   figure = Figure(figsize=(15, 4.5), layout="constrained")
@@ -212,7 +212,7 @@ def plot(workdirs: Sequence[str] | None, output: str | None, confusion: str | No
   """Draws the requested PNGs; every input is checked before anything is written.
 
   Args:
-    workdirs: run directories, each with a metrics.jsonl (needed for curves and confusion).
+    workdirs: run directories, each with a metrics.jsonl.
     output: where the curves PNG goes; None for none.
     confusion: where the confusion-matrix PNG of the first workdir goes; None for none.
     labels: one legend name per workdir; None for the workdirs' basenames.

@@ -3,8 +3,10 @@
 `Trainer.__init__` reads the data, resolves the config, builds the state and
 compiles the programs; `Trainer.train` resumes from the workdir and runs the
 loop. The loop never waits on the device between log intervals: step
-metrics stay on device (`metric_log.MetricsBuffer`) until a log line, an
-eval, a save or the end needs them, and are checked for NaN/Inf then.
+metrics stay on device (`metrics_buffer.MetricsBuffer`) until a log line, an
+eval, a save or the end needs them, and are checked for NaN/Inf then. The
+run's clock (`timing.TrainClock`) is saved with each checkpoint and goes on
+from it on resume.
 """
 
 import os
@@ -23,7 +25,7 @@ from resnet_jax.data import pipeline
 from resnet_jax.train import profiling, signals, steps
 from resnet_jax.evaluation import evaluator
 from resnet_jax.interop import hub, pretrained
-from resnet_jax.reporting import progress_bar, metric_log, timing
+from resnet_jax.reporting import metrics_buffer, metrics_file, progress_bar, summary, timing
 from resnet_jax.errors import NonFiniteLossError, Stopped, UserError
 from resnet_jax.models import build
 from resnet_jax import sharding
@@ -77,7 +79,7 @@ class Trainer:
     try:
       self.checkpointer = checkpointing.Checkpointer(checkpointing.checkpoint_dir(self.workdir),
                                                      keep=self.config.keep_checkpoints)
-      self.writer = metric_log.MetricWriter(self.workdir, enabled=self.is_lead)
+      self.writer = metrics_file.MetricWriter(self.workdir, enabled=self.is_lead)
     except BaseException:
       self.lock.release()
       raise
@@ -143,7 +145,8 @@ class Trainer:
     return serialization.to_state_dict(self.state)
 
   def restore_latest(self) -> None:
-    """Resumes from the newest intact checkpoint of the workdir, if any."""
+    """Resumes from the newest intact checkpoint of the workdir, if any, and its clock."""
+    self.saved_clock = None
     if not self.checkpointer.steps():
       return
     restored = self.checkpointer.restore_newest_intact(target=self.saved_state())
@@ -152,11 +155,27 @@ class Trainer:
                       "folder away to start afresh, or pass another --workdir")
     step, state_dict = restored
     self.state = serialization.from_state_dict(self.state, state_dict)
+    self.saved_clock = self._restore_clock(step)
     logging.info("resumed from %s at step %d", self.checkpointer.directory, step)
     # The newer ones were damaged: moved aside, kept for a look, so that this run
     # can save those steps again and a later resume does not meet them first.
     if damaged := [s for s in self.checkpointer.steps() if s > step]:
       self._move_damaged_aside(damaged, step)
+
+  def _restore_clock(self, step: int) -> dict:
+    """The run's clock at the checkpoint of step; for a checkpoint saved without one (before
+    the clock was saved), rebuilt from the metrics.jsonl lines up to that step."""
+    try:
+      saved = self.checkpointer.restore_clock(step)
+    except Exception as e:  # The time is a report: a damaged one does not stop the resume.
+      logging.warning("the clock saved with checkpoint %d does not read back (%s: %s): the run's "
+                      "time is taken from metrics.jsonl", step, type(e).__name__, str(e)[:200])
+      saved = None
+    if saved is not None:
+      return saved
+    path = os.path.join(self.workdir, metrics_file.METRICS_FILE)
+    records = metrics_file.read_metrics(self.workdir) if os.path.isfile(path) else []
+    return timing.clock_from_log(records, step, self.config.target_accuracies)
 
   def _move_damaged_aside(self, damaged: list[int], step: int) -> None:
     destination = os.path.join(self.workdir, "damaged_checkpoints")
@@ -185,7 +204,7 @@ class Trainer:
           "--config.learning_rate or check the data, then rerun to resume")
     metrics = {"eval_accuracy": eval_metrics["eval_accuracy"]} if eval_metrics else None
     self.checkpointer.save(step, self.saved_state(), configuration.to_json(self.config),
-                           metrics, force=force)
+                           metrics, force=force, clock=self.clock.state())
 
   # The loop ----------------------------------------------------------------
 
@@ -200,8 +219,8 @@ class Trainer:
     every = lambda epochs: max(1, int(round(epochs * self.steps_per_epoch)))
     eval_every, checkpoint_every = every(config.eval_every_epochs), every(config.checkpoint_every_epochs)
     last = self.num_train_steps
-    self.metrics = metric_log.MetricsBuffer(config.batch_size, start)
-    self.clock = timing.TrainClock(config.target_accuracies, self._earlier_records(start))
+    self.metrics = metrics_buffer.MetricsBuffer(config.batch_size, start)
+    self.clock = timing.TrainClock(config.target_accuracies, self.saved_clock)
     self.started = time.time()
     last_eval = None
     self.progress = progress_bar.Progress(self.steps_per_epoch, last, start,
@@ -240,7 +259,7 @@ class Trainer:
       profile.close()  # A run that stops early still writes its trace.
       self.progress.close()
     best_step = self.checkpointer.best_step()
-    return {"step": last, "eval": last_eval, "wall_time_s": time.time() - self.started,
+    return {"step": last, "eval": last_eval, "wall_time_s": self.clock.wall_time_s(),
             "best_checkpoint": os.path.join(self.checkpointer.directory, str(best_step)),
             "best_step": best_step}
 
@@ -255,20 +274,13 @@ class Trainer:
                         {**means, **self.clock.train_fields(), **self._data_wait_fields()})
       self.progress.update_metrics(means)
 
-  def _earlier_records(self, start: int) -> list[dict]:
-    """metrics.jsonl of the sessions this one resumes: their training time and targets reached."""
-    if not start or not os.path.isfile(os.path.join(self.workdir, metric_log.METRICS_FILE)):
-      return []
-    return metric_log.read_metrics(self.workdir)
-
   def _evaluate(self, step: int) -> dict:
     with self.clock.paused():
       metrics = self.evaluator.run(self.state)
     reached = self.clock.eval_fields(metrics["eval_accuracy"])
     epoch = step / self.steps_per_epoch
     scalars = {k: metrics[k] for k in evaluator.SCALAR_METRICS if k in metrics}
-    self.writer.write(step, epoch, {**scalars, "wall_time_s": time.time() - self.started,
-                                    **reached})
+    self.writer.write(step, epoch, {**scalars, **reached})
     self._report_data_wait()
     if self.is_lead:
       logging.info("step %d (epoch %.2f): eval_loss %.4f, eval_accuracy %.2f%% over %d examples%s",
@@ -277,7 +289,7 @@ class Trainer:
       for key, seconds in reached.items():
         if key.startswith("time_to_"):
           logging.info("eval accuracy first reached %s after %s of training", key[8:-2],
-                       metric_log.format_duration(seconds))
+                       summary.format_duration(seconds))
     return metrics
 
   def _data_wait_fields(self) -> dict:
@@ -349,5 +361,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: b
 
 def final_summary(workdir: str, result: dict) -> str:
   """The end-of-run table: accuracy, time, throughput and where the best checkpoint is."""
-  summary = metric_log.summarize_run(workdir, result["step"], result.get("best_step"))
-  return metric_log.format_summary(summary, result["best_checkpoint"], workdir)
+  facts = summary.summarize_run(workdir, result["step"], result.get("best_step"))
+  return summary.format_summary(facts, result["best_checkpoint"], workdir)

@@ -10,7 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from resnet_jax.data import pipeline
-from resnet_jax.reporting import metric_log
+from resnet_jax.reporting import metrics_file
 from resnet_jax.train import trainer
 from resnet_jax.errors import UserError
 from resnet_jax import sharding
@@ -97,7 +97,7 @@ def test_tfds_dataset_streams_by_random_access(tmp_path):
   assert result["eval"]["eval_top5_accuracy"] >= result["eval"]["eval_accuracy"]
   saved = json.loads((tmp_path / "run" / "config.json").read_text())
   assert saved["input_pipeline"] == "stream" and saved["input_shape"] == [32, 32, 3]
-  train_records = [r for r in metric_log.read_metrics(str(tmp_path / "run")) if "train_loss" in r]
+  train_records = [r for r in metrics_file.read_metrics(str(tmp_path / "run")) if "train_loss" in r]
   assert train_records and all(0 <= r["data_wait_fraction"] <= 1 for r in train_records)
 
 

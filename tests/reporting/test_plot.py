@@ -10,7 +10,7 @@ import pytest
 from absl import flags
 from PIL import Image
 
-from resnet_jax.reporting import plots, metric_log
+from resnet_jax.reporting import metrics_file, plots
 from tests.conftest import REPO
 from resnet_jax.errors import UserError
 
@@ -31,7 +31,7 @@ def make_run(workdir: str, num_epochs: int = 3, final_accuracy: float = 0.8) -> 
       records.append({"step": step, "epoch": epoch, "eval_loss": 2.2 / epoch,
                       "eval_accuracy": final_accuracy * epoch / num_epochs})
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, metric_log.METRICS_FILE), "w") as f:
+  with open(os.path.join(workdir, metrics_file.METRICS_FILE), "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in records)
   return workdir
 

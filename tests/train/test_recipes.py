@@ -13,7 +13,7 @@ from resnet_jax.config import configuration
 from resnet_jax.models import ema
 from resnet_jax.train import steps
 from resnet_jax.evaluation import evaluator, prediction
-from resnet_jax.reporting import metric_log, timing
+from resnet_jax.reporting import metrics_file, summary
 from resnet_jax.checkpoints.checkpointing import Checkpointer
 from resnet_jax.errors import UserError
 from tests.conftest import assert_resume_is_exact, tiny_config
@@ -36,7 +36,7 @@ def test_resumed_run_with_ema_cutout_and_mixing_equals_uninterrupted(tmp_path, m
   assert json.loads((tmp_path / "resumed" / "eval.json").read_text())["eval_weights"] == "ema"
   predictor = prediction.load_predictor(str(tmp_path / "resumed"))
   assert (predictor.weights, predictor.tta) == ("ema", "flip")
-  records = metric_log.read_metrics(str(tmp_path / "resumed"))
+  records = metrics_file.read_metrics(str(tmp_path / "resumed"))
   compile_lines = [r for r in records if "compile_time_s" in r]
   assert len(compile_lines) == 2  # One per session.
   assert all({"grad_norm", "param_norm", "update_norm", "train_time_s"} <= set(r)
@@ -44,9 +44,9 @@ def test_resumed_run_with_ema_cutout_and_mixing_equals_uninterrupted(tmp_path, m
   reached = [r for r in records if "time_to_0.05_s" in r]
   assert len(reached) == 1 and reached[0]["step"] == 3  # The first eval; not again after it.
   assert not any("time_to_1_s" in r for r in records)
-  summary = metric_log.summarize_run(str(tmp_path / "resumed"))
-  assert summary["time_to"] == {0.05: (reached[0]["time_to_0.05_s"], 3)}
-  table = metric_log.format_summary(summary, None, "w")
+  facts = summary.summarize_run(str(tmp_path / "resumed"))
+  assert facts["time_to"] == {0.05: (reached[0]["time_to_0.05_s"], 3)}
+  table = summary.format_summary(facts, None, "w")
   rows = {line.split("  ")[1]: line.split("  ")[-1].strip() for line in table.splitlines()
           if line.startswith("  time to")}
   assert rows["time to 100%"] == "- (not reached)" and rows["time to 5%"] == "(step 3)"
@@ -84,21 +84,6 @@ def test_checkpoints_resume_across_turning_ema_on_and_off(tmp_path, saved_with_e
     np.testing.assert_array_equal(state.ema["batch_stats"]["mean"], 2.0)
   else:
     assert state.ema is None
-
-
-def test_time_to_accuracy_counts_training_time_of_every_session():
-  records = [{"step": 10, "train_loss": 1.0, "compile_time_s": 5.0, "train_time_s": 2.0},
-             {"step": 10, "eval_accuracy": 0.5, "train_time_s": 2.0, "time_to_0.5_s": 2.0},
-             {"step": 20, "train_loss": 1.0, "train_time_s": 4.0},  # Then stopped; resumed at 10.
-             {"step": 20, "train_loss": 1.0, "compile_time_s": 4.0, "train_time_s": 6.5},
-             {"step": 20, "eval_accuracy": 0.9, "train_time_s": 6.5, "time_to_0.9_s": 6.5}]
-  assert timing.total_train_time(records) == 6.5
-  assert timing.total_compile_time(records) == 9.0
-  assert timing.first_reached(records, (0.5, 0.9, 0.95)) == {0.5: (2.0, 10), 0.9: (6.5, 20)}
-  clock = timing.TrainClock((0.5, 0.9, 0.95), records)  # A third session.
-  assert clock.earlier_s == 6.5 and clock.reached == {0.5, 0.9}
-  assert set(clock.eval_fields(0.96)) == {"train_time_s", "time_to_0.95_s"}
-  assert clock.eval_fields(0.97).keys() == {"train_time_s"}  # Only the first reach.
 
 
 @pytest.mark.parametrize("overrides, message", [
