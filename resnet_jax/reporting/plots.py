@@ -212,7 +212,7 @@ def plot(workdirs: Sequence[str] | None, output: str | None, confusion: str | No
   """Draws the requested PNGs; every input is checked before anything is written.
 
   Args:
-    workdirs: run directories, each with a metrics.jsonl.
+    workdirs: run directories, each with a metrics.jsonl (needed for curves and confusion).
     output: where the curves PNG goes; None for none.
     confusion: where the confusion-matrix PNG of the first workdir goes; None for none.
     labels: one legend name per workdir; None for the workdirs' basenames.
