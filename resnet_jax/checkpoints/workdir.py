@@ -58,6 +58,7 @@ def check(workdir: str, config: ml_collections.ConfigDict) -> None:
   saved = configuration.read_saved(workdir) or checkpoint_config(workdir)
   if saved:
     configuration.check_same_architecture(saved, config, workdir)
+    configuration.check_same_holdout(saved, config, workdir)
 
 
 def checkpoint_config(workdir: str) -> dict | None:

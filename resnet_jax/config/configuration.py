@@ -16,6 +16,7 @@ from resnet_jax.errors import UserError
 ARCHITECTURE_FIELDS = ("model", "stem", "width", "dataset")
 TUPLE_FIELDS = ("mean", "std", "crop_scale", "input_shape", "target_accuracies")
 TTA_MODES = ("none", "flip", "flip_translate")
+HOLDOUT_PREFIX = "holdout:"  # eval_split="holdout:0.1": data/holdout.py carves it.
 CSV_COLUMN_FIELDS = ("csv_file_column", "csv_label_column", "csv_split_column")
 
 
@@ -196,6 +197,20 @@ def check_same_architecture(saved: Mapping, config: ml_collections.ConfigDict, w
   if differ:
     raise UserError(f"workdir {workdir} holds a run with other settings ({'; '.join(differ)}): "
                     "resume it with its own settings, or pass a new --workdir for a fresh run")
+
+
+def check_same_holdout(saved: Mapping, config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to resume with another held-out split: the run would train on pictures it held out."""
+  splits = ("train_split", "eval_split")
+  if not any(str(values.get("eval_split", "")).startswith(HOLDOUT_PREFIX)
+             for values in (saved, config)):
+    return
+  differ = [f"{k}: saved {saved.get(k)!r}, requested {config[k]!r}"
+            for k in splits if k in saved and saved.get(k) != config[k]]
+  if differ:
+    raise UserError(f"workdir {workdir} holds a run with another held-out split "
+                    f"({'; '.join(differ)}): resuming would train on pictures held out before; "
+                    "resume it with its own splits, or pass a new --workdir for a fresh run")
 
 
 def to_json(config: ml_collections.ConfigDict) -> dict:

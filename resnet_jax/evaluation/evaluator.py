@@ -111,9 +111,12 @@ def eval_config(workdir: str, checkpoint_config: Mapping[str, Any],
   """The run's config (config.json, else the checkpoint's own), with data fields from the command line.
 
   Normalisation, classes and image shape always come from the run: the
-  weights were trained with them. A preprocessing field is taken from
+  weights were trained with them. A data or preprocessing field is taken from
   `requested` where it differs from the default or is named in `overridden`
-  (the fields set on the command line), so it can be set back to its default.
+  (the fields set on the command line), so it can be set back to its default
+  and a config file's untouched defaults (eval_split "test") do not replace
+  the run's own (eval_split "holdout:0.1"). Converted weights, which hold no
+  data fields, take every one that is set.
   """
   saved = configuration.read_saved(workdir) or dict(checkpoint_config)
   if not saved:
@@ -124,10 +127,11 @@ def eval_config(workdir: str, checkpoint_config: Mapping[str, Any],
     configuration.check_same_architecture(saved, requested, workdir)
   config = configuration.from_json(saved)
   if requested is not None:
-    for field in DATA_FIELDS + (("dataset",) if converted else ()):
-      if requested[field]:
-        config[field] = requested[field]
     defaults, saved_size = default_config.get_config(), config.image_size
+    for field in DATA_FIELDS + (("dataset",) if converted else ()):
+      if requested[field] and (converted or field in overridden
+                               or requested[field] != defaults[field]):
+        config[field] = requested[field]
     for field in PREPROCESSING_FIELDS:
       if converted or field in overridden or requested[field] != defaults[field]:
         config[field] = requested[field]

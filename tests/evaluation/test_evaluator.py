@@ -30,6 +30,27 @@ def test_a_preprocessing_field_set_on_the_command_line_wins_even_at_its_default(
   assert config.image_size == 24  # Fields not named keep the run's values.
 
 
+def test_a_config_files_default_eval_split_leaves_the_runs_holdout(tmp_path):
+  _write_saved(tmp_path, dataset="folder:/data", eval_split="holdout:0.1")
+  requested = tiny_config(width=8, dataset="folder:/data")
+  assert requested.eval_split == "test"  # The default, not set on the command line.
+  assert evaluator.eval_config(str(tmp_path), {}, requested).eval_split == "holdout:0.1"
+  config = evaluator.eval_config(str(tmp_path), {}, requested, {"eval_split": "test"})
+  assert config.eval_split == "test"  # Named on the command line: taken.
+
+
+def test_resuming_with_another_holdout_is_refused(tmp_path):
+  from resnet_jax.checkpoints import workdir as workdirs
+  from resnet_jax.errors import UserError
+  _write_saved(tmp_path, dataset="folder:/data", eval_split="holdout:0.1")
+  workdirs.check(str(tmp_path), tiny_config(width=8, dataset="folder:/data",
+                                            eval_split="holdout:0.1"))  # The same: resumes.
+  for changed in ({"eval_split": "holdout:0.2"}, {"eval_split": "val"},
+                  {"eval_split": "holdout:0.1", "train_split": "all"}):
+    with pytest.raises(UserError, match="held out before"):
+      workdirs.check(str(tmp_path), tiny_config(width=8, dataset="folder:/data", **changed))
+
+
 @pytest.mark.parametrize("pipeline", ["stream", "memory"])
 def test_a_run_saved_without_normalisation_evaluates_on_the_eval_splits_own(
     tiny_weights, tmp_path, pipeline, capsys):  # noqa: F811
