@@ -11,7 +11,7 @@ import os
 from absl import flags, logging
 from ml_collections import config_flags
 
-from resnet_jax.cli import runner, distributed
+from resnet_jax.cli import compile_cache, distributed, runner
 from resnet_jax.errors import UserError
 
 flags.DEFINE_string("workdir", None, "Run directory; default runs/<config file stem>.")
@@ -39,6 +39,7 @@ def main(argv: list[str]) -> None:
   import jax
   from resnet_jax.evaluation import evaluator
   from resnet_jax.train import trainer
+  compile_cache.enable()  # Before anything compiles: a resumed run loads its steps from it.
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   workdir = FLAGS.workdir or default_workdir()
   logging.info("JAX %s on %d %s device(s), %d process(es); workdir %s", jax.__version__,

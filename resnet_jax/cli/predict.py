@@ -3,7 +3,7 @@
 import os
 from collections.abc import Sequence
 
-from resnet_jax.cli import runner
+from resnet_jax.cli import compile_cache, runner
 from resnet_jax.errors import UserError
 from resnet_jax.evaluation import explain, prediction
 from resnet_jax.interop import hub
@@ -30,6 +30,7 @@ def main(argv: Sequence[str]) -> int:
   from absl import flags
   FLAGS = flags.FLAGS
   runner.quiet_libraries(quiet=False)  # Orbax logs each restore at INFO.
+  compile_cache.enable()
   if len(argv) < 2:
     raise UserError("pass image files or folders to classify: python -m resnet_jax.predict "
                     "--workdir=DIR IMAGE_OR_FOLDER...")
