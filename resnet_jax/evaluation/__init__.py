@@ -6,6 +6,8 @@ scores.py: precision, recall, F1, balanced accuracy and calibration error from t
 prediction.py: classifying image files and arrays with a checkpoint.
 features.py: the stage outputs (strides 4 to 32) of a checkpoint's network.
 explain.py: Grad-CAM heat maps of the top class over each picture.
+deployment.py: a checkpoint as one function of framed pictures to logits, the contract written
+  beside exported files, int8 calibration pictures, and an exported file's eval metrics.
 
 May import `data`, `models`, `checkpoints`, `config`, `sharding` and `errors`.
 """
