@@ -82,6 +82,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise UserError(f"unknown input_pipeline {config.input_pipeline!r}: use 'auto', 'memory' "
                     "or 'stream'")
   _validate_csv_columns(config)
+  _validate_distillation(config)
   if config.train_crop not in ("pad", "random_resized"):
     raise UserError(f"unknown train_crop {config.train_crop!r}: use 'pad' or 'random_resized'")
   low, high = (tuple(config.crop_scale) + (0, 0))[:2]
@@ -116,6 +117,22 @@ def _validate_csv_columns(config: ml_collections.ConfigDict) -> None:
   if len(set(names)) < len(names):
     raise UserError(f"csv_file_column, csv_label_column and csv_split_column must name "
                     f"different columns, got {', '.join(map(repr, names))}")
+
+
+def _validate_distillation(config: ml_collections.ConfigDict) -> None:
+  """The teacher's path (its classes and channels are checked once the data is known)."""
+  if not (isinstance(config.distill_alpha, (int, float)) and 0 <= config.distill_alpha <= 1):
+    raise UserError(f"distill_alpha must lie in [0, 1], got {config.distill_alpha}: set "
+                    "--config.distill_alpha=0.9 (the weight of the distillation term; the "
+                    "label loss gets 1 - alpha)")
+  if not (isinstance(config.distill_temperature, (int, float))
+          and 0 < config.distill_temperature < float("inf")):
+    raise UserError(f"distill_temperature must be positive, got {config.distill_temperature}: "
+                    "set --config.distill_temperature=4")
+  teacher = config.teacher
+  if teacher and not zoo.is_pretrained_name(teacher) and not os.path.exists(teacher):
+    raise UserError(f"teacher {teacher} does not exist: pass the workdir or checkpoint of a "
+                    "trained run on the same classes, or published weights fine-tuned to them")
 
 
 def _validate_recipe(config: ml_collections.ConfigDict, devices: int) -> None:

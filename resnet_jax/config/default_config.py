@@ -104,6 +104,21 @@ def get_config() -> ml_collections.ConfigDict:
   config.freeze_backbone = False  # Train only the classifier head.
   config.backbone_lr_scale = 1.0  # Backbone learning rate = this x learning_rate.
 
+  # Knowledge distillation (Hinton et al. 2015), with consistent teaching (Beyer et al. 2022):
+  # a frozen teacher, in eval mode, sees exactly the student's augmented batch (crop, flip,
+  # cutout, mixup/CutMix), re-normalised with its own mean/std and resized to its own side.
+  # Workdir or checkpoint of a run on the same classes, or published weights (torchvision:NAME,
+  # hf-hub:ORG/REPO) fine-tuned to them; "": no teacher. Not saved in the student's checkpoints.
+  config.teacher = ""
+  # Per example, loss = alpha x KL(softmax(t/T) || softmax(s/T)) x T² + (1 - alpha) x the
+  # label loss (cross-entropy on the smoothed, mixed targets), in nats. Alpha is a fraction
+  # in [0, 1]: 0.9 with T = 4 is the KD setting of CRD (Tian et al. 2020) on CIFAR; 1 learns
+  # from the teacher alone (Beyer et al.'s function matching).
+  config.distill_alpha = 0.9
+  # T > 0, dimensionless: divides both logits before the softmax; higher is softer, showing
+  # more of the teacher's ranking of the wrong classes.
+  config.distill_temperature = 4.0
+
   # Checkpoints, evaluation and logging.
   config.checkpoint_every_epochs = 1.0
   config.keep_checkpoints = 3  # Latest N kept, besides the best.

@@ -2,10 +2,11 @@
 
 `train_step` is a pure function of (state, batch). `compile_train_step`
 wraps it with the on-device part of the input pipeline (gather a batch of
-the dataset held on device, augment, normalise) and `jax.jit` over a one-axis
-mesh of every device: the batch is split over `data`, parameters are
-replicated, and BatchNorm statistics are taken over the global batch.
-Everything it needs is read from the resolved config.
+the dataset held on device, augment, normalise), the frozen teacher's
+forward pass when distilling, and `jax.jit` over a one-axis mesh of every
+device: the batch is split over `data`, parameters are replicated, and
+BatchNorm statistics are taken over the global batch. Everything it needs is
+read from the resolved config. The loss itself is `losses.training_loss`'s.
 """
 
 import contextlib
@@ -27,7 +28,7 @@ from resnet_jax.models import ema as ema_lib, resnet
 from resnet_jax.models.build import (TrainState, compute_dtype, dropout_in_eval_mode,
                                     model_input_shape, pytorch_default_init, smoothed_targets)
 from resnet_jax.sharding import DATA_AXIS, batch_sharded, replicated
-from resnet_jax.train import xla_cpu
+from resnet_jax.train import losses, teacher as teacher_lib, xla_cpu
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -130,12 +131,15 @@ def run_unoptimized(fn: Callable[[], Any], out_shardings: Any = None) -> Any:
 
 def train_step(state: TrainState, batch: Batch, *, schedule: optax.Schedule,
                dropout_key: jax.Array, grad_accum_steps: int, ema_decay: float,
-               ema_warmup_power: float | None = None) -> tuple[TrainState, Metrics]:
+               ema_warmup_power: float | None = None,
+               loss_spec: losses.LossSpec = losses.LossSpec()) -> tuple[TrainState, Metrics]:
   """One optimizer step on a preprocessed batch; returns the new state and batch means.
 
   `batch["target"]` holds soft labels (one-hot, smoothed, perhaps mixed);
   train accuracy counts the argmax of the logits against the argmax of the
-  target (its dominant label). With grad_accum_steps = k > 1 the arrays
+  target (its dominant label). `batch["teacher_logits"]`, when present, are
+  a teacher's logits for the same images, distilled as `loss_spec` says
+  (`losses.training_loss`). With grad_accum_steps = k > 1 the arrays
   come split as [k, batch / k, ...]: the micro-batches run in turn, each
   normalised by its own BatchNorm statistics and updating the running ones,
   and their mean gradient makes the one update. The weight EMA (if any)
@@ -145,45 +149,49 @@ def train_step(state: TrainState, batch: Batch, *, schedule: optax.Schedule,
   chex.assert_rank(batch["image"], 4 if grad_accum_steps == 1 else 5)
   chex.assert_equal_shape_prefix((batch["image"], batch["target"]),
                                  1 if grad_accum_steps == 1 else 2)
+  if "teacher_logits" in batch:
+    chex.assert_equal_shape((batch["teacher_logits"], batch["target"]))
   dropout_key = jax.random.fold_in(dropout_key, state.step)
   # A frozen backbone runs as a fixed feature extractor: BN uses its running statistics,
   # while the head's dropout stays on as in full training.
   train = not state.frozen_backbone
   dropout_mode = contextlib.nullcontext if train else dropout_in_eval_mode
 
-  def loss_fn(params, batch_stats, images, targets, key):
+  def loss_fn(params, batch_stats, micro: Batch, key):
     with dropout_mode():
-      logits, updates = state.apply_fn({"params": params, "batch_stats": batch_stats}, images,
-                                       train=train, mutable=["batch_stats"],
+      logits, updates = state.apply_fn({"params": params, "batch_stats": batch_stats},
+                                       micro["image"], train=train, mutable=["batch_stats"],
                                        rngs={"dropout": key})
-    loss = optax.softmax_cross_entropy(logits, targets).mean()
+    targets = micro["target"]
+    loss, terms = losses.training_loss(logits, targets, micro.get("teacher_logits"), loss_spec)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1))
-    return loss, (accuracy, updates.get("batch_stats", batch_stats))
+    return loss, ({"train_loss": loss, "train_accuracy": accuracy, **terms},
+                  updates.get("batch_stats", batch_stats))
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if grad_accum_steps == 1:
-    (loss, (accuracy, batch_stats)), grads = grad_fn(
-        state.params, state.batch_stats, batch["image"], batch["target"], dropout_key)
+    (_, (loss_metrics, batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch,
+                                                      dropout_key)
   else:
-    def micro_step(carry, micro):
+    def micro_step(carry, indexed):
       grad_sum, batch_stats = carry
-      index, images, targets = micro
-      (loss, (accuracy, batch_stats)), grads = grad_fn(
-          state.params, batch_stats, images, targets, jax.random.fold_in(dropout_key, index))
-      return (jax.tree.map(jnp.add, grad_sum, grads), batch_stats), (loss, accuracy)
+      index, micro = indexed
+      (_, (loss_metrics, batch_stats)), grads = grad_fn(
+          state.params, batch_stats, micro, jax.random.fold_in(dropout_key, index))
+      return (jax.tree.map(jnp.add, grad_sum, grads), batch_stats), loss_metrics
 
     carry = (jax.tree.map(jnp.zeros_like, state.params), state.batch_stats)
-    (grad_sum, batch_stats), (losses, accuracies) = jax.lax.scan(
-        micro_step, carry, (jnp.arange(grad_accum_steps), batch["image"], batch["target"]))
+    (grad_sum, batch_stats), per_micro = jax.lax.scan(
+        micro_step, carry, (jnp.arange(grad_accum_steps), dict(batch)))
     grads = jax.tree.map(lambda g: g / grad_accum_steps, grad_sum)
-    loss, accuracy = jnp.mean(losses), jnp.mean(accuracies)
+    loss_metrics = jax.tree.map(jnp.mean, per_micro)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   if state.ema is not None:
     decay = ema_lib.decay_at(state.step, ema_decay, ema_warmup_power)
     new_state = new_state.replace(ema=ema_lib.update(state.ema, new_state.params,
                                                      new_state.batch_stats, decay))
   update = jax.tree.map(jnp.subtract, new_state.params, state.params)
-  metrics = {"train_loss": loss, "train_accuracy": accuracy,
+  metrics = {**loss_metrics,
              "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
              # Global L2 norms, as big_vision logs them (l2_grads, l2_params, l2_updates).
              "grad_norm": optax.tree.norm(grads),
@@ -203,13 +211,17 @@ def split_micro_batches(x: jax.Array, num_micro: int, mesh: Mesh) -> jax.Array:
 
 
 def compile_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
-                       schedule: optax.Schedule, cpu_tuning: bool = True) -> Callable:
+                       schedule: optax.Schedule, cpu_tuning: bool = True,
+                       teacher: teacher_lib.Teacher | None = None) -> Callable:
   """(state, data) -> (state, metrics): augments, normalises and trains in one program.
 
   In memory (config.input_pipeline != "stream") `data` is the whole training
   split on device and each step's batch is drawn from it by
   `augment.batch_indices`; streamed, `data` is the step's batch itself. With
-  cpu_tuning, the CPU backend compiles it with `xla_cpu`'s options.
+  cpu_tuning, the CPU backend compiles it with `xla_cpu`'s options. With a
+  teacher, its logits for the final augmented batch (crop, flip, cutout and
+  mix as the student sees them) join the batch, and its variables are the
+  program's third argument: replicated, not donated, bound by `WithTeacher`.
   """
   batch_size, num_examples = config.batch_size, config.num_train_examples
   streamed = config.get("input_pipeline") == "stream"
@@ -222,9 +234,13 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
   step_fn = functools.partial(train_step, schedule=schedule, dropout_key=dropout_key,
                               grad_accum_steps=num_micro, ema_decay=config.ema_decay,
                               ema_warmup_power=(config.ema_warmup_power if config.ema_warmup
-                                                else None))
+                                                else None),
+                              loss_spec=losses.LossSpec.from_config(config))
+  # The program sees the teacher's variables only through its argument, never as constants.
+  teacher_spec = teacher._replace(variables=None) if teacher is not None else None
 
-  def step(state: TrainState, data: Batch) -> tuple[TrainState, Metrics]:
+  def step(state: TrainState, data: Batch,
+           teacher_variables: Any = None) -> tuple[TrainState, Metrics]:
     if streamed:
       images, labels = data["image"], data["label"]
     else:
@@ -241,12 +257,27 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
     images, targets = augment.mix(jax.random.fold_in(mix_key, state.step), images, targets,
                                   config.mixup_alpha, config.cutmix_alpha)
     batch = {"image": images, "target": targets}
+    if teacher is not None:
+      batch["teacher_logits"] = teacher_lib.logits(teacher_spec, teacher_variables, images,
+                                                   config.mean, config.std)
     if num_micro > 1:
       batch = {name: split_micro_batches(x, num_micro, mesh) for name, x in batch.items()}
     return step_fn(state, batch)
 
   # On CPU, XLA options measured to make this step about 1.9x faster (xla_cpu.py).
-  return jax.jit(step, donate_argnums=0, out_shardings=(replicated(mesh), replicated(mesh)),
-                 compiler_options=xla_cpu.train_step_options() if cpu_tuning else None)
+  jitted = jax.jit(step, donate_argnums=0, out_shardings=(replicated(mesh), replicated(mesh)),
+                   compiler_options=xla_cpu.train_step_options() if cpu_tuning else None)
+  return jitted if teacher is None else WithTeacher(jitted, teacher.variables)
+
+
+class WithTeacher:
+  """The compiled step called as (state, data), the teacher's variables passed as its third
+  argument: an argument, not constants in the program, and never part of the saved state."""
+
+  def __init__(self, jitted: Callable, teacher_variables: Any):
+    self.jitted, self.teacher_variables = jitted, teacher_variables
+
+  def __call__(self, state: TrainState, data: Batch) -> tuple[TrainState, Metrics]:
+    return self.jitted(state, data, self.teacher_variables)
 
 

@@ -22,7 +22,7 @@ from flax import serialization
 from resnet_jax.checkpoints import checkpointing, restore, workdir as workdirs
 from resnet_jax.config import configuration
 from resnet_jax.data import pipeline
-from resnet_jax.train import profiling, signals, steps
+from resnet_jax.train import profiling, signals, steps, teacher
 from resnet_jax.evaluation import evaluator
 from resnet_jax.interop import hub, pretrained
 from resnet_jax.reporting import metrics_buffer, metrics_file, progress_bar, summary, timing
@@ -64,9 +64,14 @@ class Trainer:
     # A published name (torchvision:resnet50) is downloaded and converted once, then cached.
     init_checkpoint = (restore.load_model(hub.resolve(config.init_checkpoint), "fine-tuning from")
                        if config.init_checkpoint else None)
+    # So is the teacher read first; its classes and channels are checked against the data.
+    loaded_teacher = teacher.load(config, self.workdir) if config.teacher else None
     training_data = self._load_data(config)
+    # Its variables go to the step as an argument, outside self.state: never saved.
+    frozen_teacher = (teacher.place(loaded_teacher, self.config, self.mesh)
+                      if loaded_teacher else None)
     self._create_state(init_checkpoint)
-    self._compile(training_data)
+    self._compile(training_data, frozen_teacher)
     if self.stop.signal_name:  # Signalled during set-up: nothing to save, nothing written.
       message = (f"stopped by {self.stop.signal_name} during set-up, before training: nothing "
                  "was written: rerun the same command to start (or resume)")
@@ -126,8 +131,10 @@ class Trainer:
                  if head_reset else "")
     return {"params": params, "batch_stats": batch_stats}
 
-  def _compile(self, training_data: pipeline.TrainingData) -> None:
-    self.train_step = steps.compile_train_step(self.config, self.mesh, self.schedule)
+  def _compile(self, training_data: pipeline.TrainingData,
+               frozen_teacher: teacher.Teacher | None = None) -> None:
+    self.train_step = steps.compile_train_step(self.config, self.mesh, self.schedule,
+                                               teacher=frozen_teacher)
     if training_data.arrays is not None:
       self.train_input = pipeline.MemoryTrainInput(training_data.arrays.train, self.mesh)
       eval_split = training_data.arrays.eval
