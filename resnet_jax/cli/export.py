@@ -48,12 +48,13 @@ def main(argv: Sequence[str]) -> None:
   runner.quiet_libraries(quiet=False)
   runner.no_arguments(argv, "pass --workdir=DIR (or --checkpoint=DIR) and --output=FILE")
   if FLAGS.evaluate:
-    return evaluate_file(FLAGS.evaluate, FLAGS.workdir or FLAGS.checkpoint, FLAGS.batch_size,
-                         FLAGS.data_dir, FLAGS.manual_dir)
+    evaluate_file(FLAGS.evaluate, FLAGS.workdir or FLAGS.checkpoint, FLAGS.batch_size,
+                  FLAGS.data_dir, FLAGS.manual_dir)
+    return
   artifacts.check_format(FLAGS.format, FLAGS.quantize)
   if FLAGS.format == "pytorch":
-    return export_state_dict(hub.resolve(checkpoint_path(FLAGS.workdir, FLAGS.checkpoint)),
-                             FLAGS.output)
+    export_state_dict(hub.resolve(checkpoint_path(FLAGS.workdir, FLAGS.checkpoint)), FLAGS.output)
+    return
   output = artifacts.check_output(FLAGS.output, FLAGS.format)  # Before the slow part.
   checkpoint = hub.resolve(checkpoint_path(FLAGS.workdir, FLAGS.checkpoint))
   export_file(checkpoint, FLAGS.format, output, FLAGS.quantize,
