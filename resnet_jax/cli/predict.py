@@ -24,6 +24,8 @@ def define_flags() -> None:
                       "its top class, as DIR/<name>.png.")
   flags.DEFINE_string("tta", None, "Test-time augmentation: none, flip or flip_translate; "
                       "default: the run's eval_tta.")
+  flags.DEFINE_float("threshold", None, "A multi-label run lists every class whose sigmoid "
+                     "probability is above this; default: the run's multi_label_threshold.")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -41,10 +43,10 @@ def main(argv: Sequence[str]) -> int:
   if FLAGS.explain:
     explain.check_directory(FLAGS.explain)
   files = prediction.expand_paths(argv[1:])
-  predictor = prediction.load_predictor(checkpoint, FLAGS.tta)
+  predictor = prediction.load_predictor(checkpoint, FLAGS.tta, FLAGS.threshold)
   results = []
   for result in prediction.classify(predictor, files, FLAGS.top_k, FLAGS.batch_size):
-    print_result(result)
+    print_result(result, predictor.threshold if predictor.multi_label else None)
     results.append(result)
   if FLAGS.output:
     prediction.write_results(FLAGS.output, results)
@@ -55,13 +57,16 @@ def main(argv: Sequence[str]) -> int:
   return 1 if any("error" in r for r in results) else 0
 
 
-def print_result(result: dict) -> None:
+def print_result(result: dict, threshold: float | None = None) -> None:
+  """A file and its predictions; `threshold` for a multi-label run, which may list none."""
   if "error" in result:
     runner.print_error(result["error"])
     return
   print(result["file"])
   for p in result["predictions"]:
     print(f"  {p['probability']:.4f}  {p['class']}")
+  if threshold is not None and not result["predictions"]:
+    print(f"  (no class above {threshold:g})")
 
 
 def run() -> None:

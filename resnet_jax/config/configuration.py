@@ -18,6 +18,7 @@ TUPLE_FIELDS = ("mean", "std", "crop_scale", "input_shape", "target_accuracies")
 TTA_MODES = ("none", "flip", "flip_translate")
 HOLDOUT_PREFIX = "holdout:"  # eval_split="holdout:0.1": data/holdout.py carves it.
 CSV_COLUMN_FIELDS = ("csv_file_column", "csv_label_column", "csv_split_column")
+CLASS_BALANCES = ("none", "loss", "sample")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -83,6 +84,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                     "or 'stream'")
   _validate_csv_columns(config)
   _validate_distillation(config)
+  _validate_labels(config)
   if config.train_crop not in ("pad", "random_resized"):
     raise UserError(f"unknown train_crop {config.train_crop!r}: use 'pad' or 'random_resized'")
   low, high = (tuple(config.crop_scale) + (0, 0))[:2]
@@ -135,6 +137,35 @@ def _validate_distillation(config: ml_collections.ConfigDict) -> None:
                     "trained run on the same classes, or published weights fine-tuned to them")
 
 
+def _validate_labels(config: ml_collections.ConfigDict) -> None:
+  """The class balance and the multi-label fields (the CSV's own cells are data/'s to check)."""
+  balance = config.get("class_balance", "none")
+  if balance not in CLASS_BALANCES:
+    raise UserError(f"unknown class_balance {balance!r}: use 'none', 'loss' (inverse-frequency "
+                    "loss weights) or 'sample' (classes drawn equally)")
+  threshold = config.get("multi_label_threshold", 0.5)
+  if not (isinstance(threshold, (int, float)) and 0 < threshold < 1):
+    raise UserError(f"multi_label_threshold must lie in (0, 1), got {threshold!r}: set "
+                    "--config.multi_label_threshold=0.5")
+  separator, columns = config.get("csv_label_separator", ""), config.get("csv_label_columns", "")
+  if not (separator or columns):
+    return
+  if separator and columns:
+    raise UserError("csv_label_separator and csv_label_columns are both set: a multi-label CSV "
+                    "names its classes either in one label cell (separator) or in 0/1 columns; "
+                    "set one of them to ''")
+  field = "csv_label_separator" if separator else "csv_label_columns"
+  if not config.dataset.startswith("csv:"):
+    raise UserError(f"{field} is set but {config.dataset} is not a CSV: multi-label data comes "
+                    f"from --config.dataset=csv:PATH; set --config.{field}=''")
+  if balance != "none":
+    raise UserError(f"class_balance={balance!r} is for single-label data, and {field} makes "
+                    "this CSV multi-label: set --config.class_balance=none")
+  if config.get("teacher"):
+    raise UserError(f"distillation matches a teacher's softmax over exclusive classes, and "
+                    f"{field} makes this CSV multi-label: set --config.teacher=''")
+
+
 def _validate_recipe(config: ml_collections.ConfigDict, devices: int) -> None:
   """The regularisation, averaging, accumulation and timing fields."""
   if config.cutout_size < 0:
@@ -180,7 +211,9 @@ def resolve(config: ml_collections.ConfigDict, facts: Mapping[str, Any]) -> ml_c
 
   `facts`: num_classes, class_names, mean, std, input_shape (H, W, C of
   the examples as stored or streamed), num_train_examples and the
-  input_pipeline used ("memory" or "stream").
+  input_pipeline used ("memory" or "stream"); where the labels were read,
+  multi_label (multi-hot labels) and train_class_counts (examples, or a
+  multi-label class's positives, per class).
   """
   config = ml_collections.ConfigDict(config.to_dict())
   with config.unlocked():
@@ -191,6 +224,11 @@ def resolve(config: ml_collections.ConfigDict, facts: Mapping[str, Any]) -> ml_c
     config.num_train_examples = int(facts.get("num_train_examples", 0))
     config.input_pipeline = facts.get("input_pipeline", config.get("input_pipeline", "memory"))
     config.eval_batch_size = config.eval_batch_size or config.batch_size
+    # Label facts: absent from an eval run's facts, where the saved config holds them.
+    config.multi_label = bool(facts.get("multi_label", config.get("multi_label", False)))
+    counts = facts.get("train_class_counts", config.get("train_class_counts"))
+    if counts is not None:
+      config.train_class_counts = [int(n) for n in counts]
   return config
 
 

@@ -27,6 +27,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.csv_file_column = "file"
   config.csv_label_column = "label"
   config.csv_split_column = "split"
+  # Multi-label CSVs (several classes per picture: labels multi-hot, the loss sigmoid binary
+  # cross-entropy, eval's headline mAP): either a separator in the label cell (";" reads
+  # "cat;dog"), or the classes' 0/1 columns, named in order ("cat,dog,car"), or "*" for every
+  # column but the file and split ones. Both "": single-label. The run records multi_label
+  # (True or False) in config.json, and eval and predict read it there.
+  config.csv_label_separator = ""
+  config.csv_label_columns = ""
+  # A multi-label picture shows a class where its sigmoid probability is above this: eval's
+  # per-class precision, recall and F1 and exact-match accuracy, predict's list of labels.
+  config.multi_label_threshold = 0.5
   config.num_classes = 0  # 0: take it from the dataset.
   # Per-channel normalisation in [0, 1] pixel units; empty: the training set's.
   config.mean = ()
@@ -83,6 +93,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.weight_decay = 5e-4  # L2 coefficient added to the gradient (as torch.optim.SGD).
   config.decay_bn_and_bias = True  # False: no weight decay on BN scales/biases and biases.
   config.label_smoothing = 0.0
+  # Imbalanced classes (single-label; data/balance.py): "none"; "loss": each example's loss
+  # times its class's weight w_c = N / (C x n_c), n_c of the N training examples in class c
+  # (scikit-learn's "balanced": mean weight 1 over the training examples), a soft (smoothed,
+  # mixed) target's weight sum_c target_c x w_c; "sample": the classes drawn equally, each
+  # epoch a class-balanced resampling of the training split (same steps per epoch).
+  config.class_balance = "none"
   # Micro-batches per optimizer step, run one after another inside the compiled step;
   # batch_size stays the global batch (each micro-batch is batch_size / this). BatchNorm
   # normalises each micro-batch by its own statistics and updates its running ones once

@@ -9,6 +9,9 @@ from collections.abc import Callable, Sequence
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from resnet_jax.data import balance
 
 
 def batch_indices(data_key: jax.Array, step: jax.Array, num_examples: int,
@@ -18,6 +21,24 @@ def batch_indices(data_key: jax.Array, step: jax.Array, num_examples: int,
   epoch, position = jnp.divmod(step, steps_per_epoch)
   permutation = jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
   return jax.lax.dynamic_slice_in_dim(permutation, position * batch_size, batch_size)
+
+
+def balanced_batch_indices(data_key: jax.Array, step: jax.Array, labels_N: jax.Array,
+                           class_counts: Sequence[int], batch_size: int) -> jax.Array:
+  """Indices of the training batch at `step` with the classes drawn equally (class_balance=sample).
+
+  Epoch e is `balance.balanced_epoch` drawn with the keys of fold_in(data_key,
+  e); `class_counts` (static) must be the bincount of `labels_N`.
+  """
+  num_examples = labels_N.shape[0]
+  steps_per_epoch = num_examples // batch_size
+  epoch, position = jnp.divmod(step, steps_per_epoch)
+  within_key, slot_key = jax.random.split(jax.random.fold_in(data_key, epoch))
+  within = jax.random.permutation(within_key, num_examples)
+  grouped = within[jnp.argsort(jnp.asarray(labels_N)[within], stable=True)]
+  slots = grouped[np.asarray(balance.epoch_slots(class_counts, num_examples), np.int32)]
+  order = slots[jax.random.permutation(slot_key, slots.shape[0])]
+  return jax.lax.dynamic_slice_in_dim(order, position * batch_size, batch_size)
 
 
 def random_crop_flip(key: jax.Array, images_BHWC: jax.Array, padding: int,
@@ -85,7 +106,8 @@ def mix(key: jax.Array, images_BHWC: jax.Array, targets_BK: jax.Array, mixup_alp
   covering about 1 - lam of the area (clipped at the borders, the weight
   then follows the box's real area). With both on, each image gets one or
   the other with even odds. Each target becomes lam x its own + (1 - lam) x
-  the partner's, so it still sums to 1.
+  the partner's, so it still sums to 1 (a multi-label run's multi-hot targets
+  mix alike, class by class).
   """
   if not (mixup_alpha or cutmix_alpha):
     return images_BHWC, targets_BK

@@ -5,6 +5,7 @@ Imports no JAX, TensorFlow or Grain, so that a worker process starts fast.
 
 import numpy as np
 
+from resnet_jax.data import balance
 from resnet_jax.data.images import cover_side, min_decode_side, random_resized_crop, resize_center_crop
 
 
@@ -42,13 +43,15 @@ class TrainExample(_Rows):
 
   def __init__(self, source, *, global_batch_size: int, local_batch_size: int,
                process_index: int, image_size: int, train_crop: str,
-               crop_scale: tuple[float, float], seed: int):
+               crop_scale: tuple[float, float], seed: int, balanced: bool = False):
     self.source = source
     self.num_examples = len(source)
     self.global_batch_size, self.local_batch_size = global_batch_size, local_batch_size
     self.steps_per_epoch = self.num_examples // global_batch_size
     self.process_index, self.image_size = process_index, image_size
     self.train_crop, self.crop_scale, self.seed = train_crop, tuple(crop_scale), seed
+    # Classes drawn equally (class_balance=sample): epochs of balance.balanced_epoch.
+    self.balanced = balanced
     if train_crop == "pad":
       self.max_side = image_size
     else:  # Even the smallest crop, at the narrowest aspect ratio, keeps full resolution.
@@ -61,7 +64,14 @@ class TrainExample(_Rows):
   def _epoch_permutation(self, epoch: int) -> np.ndarray:
     cached = self._permutation  # One read: threads may replace it concurrently.
     if cached is None or cached[0] != epoch:
-      cached = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.num_examples))
+      rng = np.random.default_rng([self.seed, epoch])
+      if self.balanced:
+        labels = np.asarray(self.source.labels)
+        order = balance.balanced_epoch(rng.permutation, labels,
+                                       np.bincount(labels, minlength=labels.max() + 1))
+      else:
+        order = rng.permutation(self.num_examples)
+      cached = (epoch, order)
       self._permutation = cached
     return cached[1]
 
@@ -76,7 +86,7 @@ class TrainExample(_Rows):
     else:
       rng = np.random.default_rng([self.seed, step, row])
       image = random_resized_crop(example["image"], self.image_size, rng, scale=self.crop_scale)
-    return {"image": image, "label": np.int32(example["label"])}
+    return {"image": image, "label": _label(example["label"])}
 
 
 class EvalExample(_Rows):
@@ -88,6 +98,9 @@ class EvalExample(_Rows):
     self.global_batch_size, self.local_batch_size = global_batch_size, local_batch_size
     self.process_index, self.image_size = process_index, image_size
     self.crop_fraction, self.channels = crop_fraction, channels
+    # Padding rows' labels take the real rows' shape: [C] zeros for multi-hot labels.
+    self.multi_hot_width = (len(source.class_names) if getattr(source, "multi_label", False)
+                            else 0)
 
   def map(self, k: int) -> dict:
     batch, local_row = divmod(k, self.local_batch_size)
@@ -95,11 +108,18 @@ class EvalExample(_Rows):
              + local_row)
     if index >= self.num_examples:
       return {"image": np.zeros((self.image_size, self.image_size, self.channels), np.uint8),
-              "label": np.int32(0), "mask": np.float32(0)}
+              "label": (np.zeros(self.multi_hot_width, np.float32) if self.multi_hot_width
+                        else np.int32(0)), "mask": np.float32(0)}
     example = _read(self.source, index,
                     cover_side(self.image_size, self.image_size, self.crop_fraction))
     image = resize_center_crop(example["image"], self.image_size, self.crop_fraction)
-    return {"image": image, "label": np.int32(example["label"]), "mask": np.float32(1)}
+    return {"image": image, "label": _label(example["label"]), "mask": np.float32(1)}
+
+
+def _label(label) -> np.ndarray:
+  """A class index as int32, a multi-hot row (a multi-label CSV's) as float32 [C]."""
+  label = np.asarray(label)
+  return label.astype(np.float32) if label.ndim else np.int32(label)
 
 
 def make_rows(transform, start: int, size: int) -> list[dict]:

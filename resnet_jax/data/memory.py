@@ -30,7 +30,7 @@ DECODE_THREADS = min(8, os.cpu_count() or 1)
 class Split:
   """One split of a dataset, whole, on the host."""
   images: np.ndarray  # uint8 [N, H, W, C]
-  labels: np.ndarray  # int32 [N]
+  labels: np.ndarray  # int32 [N], or float32 [N, C] multi-hot (a multi-label CSV)
   class_names: list[str] | None = None
 
 
@@ -98,8 +98,9 @@ def decode_source(source, size: "int | tuple[int, int]" = 0, crop_fraction: floa
     name = getattr(source, "name", "the dataset")
     raise UserError(f"the images of {name} differ in size: set --config.image_size to hold them "
                     "in memory at one size, or --config.input_pipeline=stream")
-  return Split(np.stack(decoded), np.asarray(source.labels, np.int32)[indices],
-               list(source.class_names))
+  labels = np.asarray(source.labels)  # Multi-hot rows stay float32.
+  labels = labels if labels.ndim == 2 else labels.astype(np.int32)
+  return Split(np.stack(decoded), labels[indices], list(source.class_names))
 
 
 def load_split(dataset: str, split: str, data_dir: str = "", manual_dir: str = "",
@@ -205,6 +206,7 @@ def pad_for_eval(split: Split, batch_size: int) -> tuple[np.ndarray, np.ndarray,
   padded = -(-n // batch_size) * batch_size
   pad = padded - n
   images = np.concatenate([split.images, np.zeros((pad, *split.images.shape[1:]), np.uint8)])
-  labels = np.concatenate([split.labels, np.zeros((pad,), np.int32)])
+  labels = np.concatenate([split.labels, np.zeros((pad, *split.labels.shape[1:]),
+                                                  split.labels.dtype)])
   mask = np.concatenate([np.ones((n,), np.float32), np.zeros((pad,), np.float32)])
   return images, labels, mask

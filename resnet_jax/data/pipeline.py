@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from resnet_jax.data import images, memory, sources, streaming
+from resnet_jax.data import balance, images, memory, sources, streaming
 from resnet_jax.data import workers as worker_pool
 from resnet_jax.errors import UserError
 from resnet_jax import sharding
@@ -120,9 +120,10 @@ def open_training_data(config: ml_collections.ConfigDict) -> TrainingData:
   shape, num_examples = _train_size(config)
   if choose_pipeline(config, shape, num_examples) == "memory":
     dataset = memory.load_dataset(config)
-    return TrainingData(facts=_facts("memory", dataset.num_classes, dataset.class_names,
-                                     dataset.mean, dataset.std, dataset.train.images.shape[1:],
-                                     len(dataset.train.labels)), arrays=dataset)
+    facts = _facts("memory", dataset.num_classes, dataset.class_names, dataset.mean, dataset.std,
+                   dataset.train.images.shape[1:], len(dataset.train.labels))
+    return TrainingData(facts={**facts, **_label_facts(dataset.train.labels, facts)},
+                        arrays=dataset)
   train_source = open_source(config, config.train_split)
   eval_source = open_source(config, config.eval_split)
   if eval_source.class_names != train_source.class_names:
@@ -133,16 +134,24 @@ def open_training_data(config: ml_collections.ConfigDict) -> TrainingData:
   input_shape = (size, size, train_source.channels)
   mean, std = (config.mean, config.std) if config.mean else estimate_stats(train_source, size)
   memory.check_normalisation(config, mean, std, train_source.channels)
-  return TrainingData(facts=_facts("stream", config.num_classes or train_source.num_classes,
-                                   train_source.class_names, mean, std, input_shape,
-                                   len(train_source)),
-                      train_source=train_source, eval_source=eval_source)
+  facts = _facts("stream", config.num_classes or train_source.num_classes,
+                 train_source.class_names, mean, std, input_shape, len(train_source))
+  # A TFDS source reads its labels from disk: only when the class balance needs them.
+  if isinstance(train_source, sources.ImageFileSource) or config.class_balance != "none":
+    facts.update(_label_facts(train_source.labels, facts))
+  return TrainingData(facts=facts, train_source=train_source, eval_source=eval_source)
 
 
 def _facts(mode, num_classes, class_names, mean, std, input_shape, num_examples) -> dict:
   return {"input_pipeline": mode, "num_classes": num_classes, "class_names": class_names,
           "mean": mean, "std": std, "input_shape": input_shape,
           "num_train_examples": num_examples}
+
+
+def _label_facts(labels: np.ndarray, facts: dict) -> dict:
+  """Whether labels are multi-hot, and the training examples (or positives) of each class."""
+  return {"multi_label": np.ndim(labels) == 2,
+          "train_class_counts": balance.class_counts(labels, facts["num_classes"])}
 
 
 def stream_image_size(config: ml_collections.ConfigDict, shape: tuple[int, ...] | None) -> int:
@@ -219,7 +228,8 @@ def _train_rows_args(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """What this process's training rows are made of, besides the source."""
   return dict(global_batch_size=config.batch_size, image_size=config.input_shape[0],
               train_crop=config.train_crop, crop_scale=tuple(config.crop_scale), seed=config.seed,
-              process_index=jax.process_index(), process_count=jax.process_count())
+              process_index=jax.process_index(), process_count=jax.process_count(),
+              class_balance=config.get("class_balance", "none"))
 
 
 def _eval_rows_args(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -53,6 +53,8 @@ class SourceOptions:
   csv_file_column: str = "file"
   csv_label_column: str = "label"
   csv_split_column: str = "split"
+  csv_label_separator: str = ""
+  csv_label_columns: str = ""
 
   @classmethod
   def of(cls, config) -> "SourceOptions":
@@ -61,7 +63,8 @@ class SourceOptions:
 
   @property
   def columns(self) -> csv_labels.Columns:
-    return csv_labels.Columns(self.csv_file_column, self.csv_label_column, self.csv_split_column)
+    return csv_labels.Columns(self.csv_file_column, self.csv_label_column, self.csv_split_column,
+                              self.csv_label_separator, self.csv_label_columns)
 
 
 @functools.cache
@@ -111,9 +114,9 @@ def _header_shape(path: str) -> tuple[int, int]:
 class ImageFileSource:
   """Pictures on disk and their labels, decoded to RGB; how they are listed is the subclass's.
 
-  `labels` is int32 [N], indices into `class_names`, indexed by row, so that a
-  multi-hot [N, C] array could take its place. `root` is the folder the
-  pictures' identities (`keys`, used by holdouts) are relative to.
+  `labels` is indexed by row: int32 [N] indices into `class_names`, or, for a
+  multi-label CSV, multi-hot float32 [N, C] (`multi_label`). `root` is the
+  folder the pictures' identities (`keys`, used by holdouts) are relative to.
   """
 
   channels = 3
@@ -126,6 +129,11 @@ class ImageFileSource:
   @property
   def num_classes(self) -> int:
     return len(self.class_names)
+
+  @property
+  def multi_label(self) -> bool:
+    """Whether a picture may have several classes: labels multi-hot [N, C]."""
+    return self.labels.ndim == 2
 
   def __len__(self) -> int:
     return len(self.paths)
@@ -233,6 +241,13 @@ def check_splits(dataset: str, options: SourceOptions) -> None:
                     "e.g. --config.train_split='train[:90%]' --config.eval_split='train[90%:]'")
 
 
+def _strata(labels: np.ndarray) -> np.ndarray:
+  """int [N] groups a holdout is stratified by: the class, or a multi-label row's set of classes."""
+  if labels.ndim == 1:
+    return labels
+  return np.unique(labels, axis=0, return_inverse=True)[1].reshape(-1)
+
+
 def _open_files(dataset: str, split: str, options: SourceOptions) -> ImageFileSource:
   if is_folder(dataset):
     return FolderSource(dataset[len(FOLDER_PREFIX):], split)
@@ -262,7 +277,7 @@ def open_split(dataset: str, split: str, data_dir: str = "", manual_dir: str = "
   if held is None and rest is None:
     return _open_files(dataset, split, options)
   base = _open_files(dataset, options.train_split, options)
-  training, held_out = holdout.partition(base.labels, base.keys(), held or rest)
+  training, held_out = holdout.partition(_strata(base.labels), base.keys(), held or rest)
   if not len(held_out):
     spec = split if held is not None else options.eval_split
     raise UserError(f"{spec} of split {options.train_split!r} holds out "

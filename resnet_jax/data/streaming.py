@@ -1,12 +1,14 @@
 """Grain pipelines that stream a random-access source: one process's share of every global batch.
 
 Training order is a pure function of (seed, step): epoch e is the permutation
-`np.random.default_rng([seed, e])` of the whole split, the global batch at a
-step is the next slice of it, and process p takes rows [p*B/P, (p+1)*B/P) of
-that batch, the row layout `jax.make_array_from_process_local_data` expects
-on a 1-axis mesh over all devices. So the batches do not depend on the number
-of workers or processes, and a resumed run only needs its step (Grain's own
-iterator checkpoint depends on the worker count and is not used).
+`np.random.default_rng([seed, e])` of the whole split (with class_balance
+"sample", a class-balanced resampling drawn from that generator:
+data/balance.py), the global batch at a step is the next slice of it, and
+process p takes rows [p*B/P, (p+1)*B/P) of that batch, the row layout
+`jax.make_array_from_process_local_data` expects on a 1-axis mesh over all
+devices. So the batches do not depend on the number of workers or processes,
+and a resumed run only needs its step (Grain's own iterator checkpoint
+depends on the worker count and is not used).
 
 Only the per-example decode and resize run on the host (examples.py), in one
 of three backends, each one value naming its own parameters: `Threads` of
@@ -116,8 +118,12 @@ def _iterate(transform, batch_size: int, first_batch: int, num_batches: int, cho
 
 def train_rows(source, *, global_batch_size: int, image_size: int, train_crop: str,
                crop_scale: tuple[float, float], seed: int, process_index: int = 0,
-               process_count: int = 1) -> TrainExample:
-  """This process's rows of the training stream: what a `Pool` must be built with to run it."""
+               process_count: int = 1, class_balance: str = "none") -> TrainExample:
+  """This process's rows of the training stream: what a `Pool` must be built with to run it.
+
+  With class_balance "sample" each epoch is a class-balanced resampling of the
+  source (data/balance.py), drawn from (seed, epoch) and the source's labels.
+  """
   if train_crop not in TRAIN_CROPS:
     raise UserError(f"train_crop {train_crop!r} is not known: set --config.train_crop to one "
                     f"of {', '.join(TRAIN_CROPS)}")
@@ -132,7 +138,7 @@ def train_rows(source, *, global_batch_size: int, image_size: int, train_crop: s
   return TrainExample(
       source, global_batch_size=global_batch_size, local_batch_size=local_batch_size,
       process_index=process_index, image_size=image_size, train_crop=train_crop,
-      crop_scale=crop_scale, seed=seed)
+      crop_scale=crop_scale, seed=seed, balanced=class_balance == "sample")
 
 
 class TrainStream:
@@ -145,10 +151,11 @@ class TrainStream:
   def __init__(self, source, *, global_batch_size: int, image_size: int, train_crop: str,
                crop_scale: tuple[float, float], seed: int, start_step: int, num_steps: int,
                process_index: int = 0, process_count: int = 1,
-               backend: Backend = Threads()):
+               backend: Backend = Threads(), class_balance: str = "none"):
     transform = train_rows(source, global_batch_size=global_batch_size, image_size=image_size,
                            train_crop=train_crop, crop_scale=crop_scale, seed=seed,
-                           process_index=process_index, process_count=process_count)
+                           process_index=process_index, process_count=process_count,
+                           class_balance=class_balance)
     _check_pool(transform, backend)
     self.local_batch_size = transform.local_batch_size
     self.steps_per_epoch = transform.steps_per_epoch

@@ -7,6 +7,14 @@ batch to running totals. Both are jit-compiled over the data-parallel mesh.
 Beside loss, correct and count they sum a confusion matrix (for per-class
 precision, recall and F1) and, per confidence bin, the examples, their
 confidences and their correct predictions (for the calibration error).
+
+A multi-label run (multi-hot labels) sums only its loss (sigmoid binary
+cross-entropy, averaged over the classes) and count; exact average precision
+needs every score, so its totals also hold each example's sigmoid
+probabilities, labels and mask, written row by row into buffers the size of
+the padded split (`add_batch`), and the host computes mAP and the rest from
+them (scores.multi_label_scores). Eval sets are small enough for that: 4
+bytes x 2 x classes per example.
 """
 
 from collections.abc import Callable, Mapping
@@ -15,6 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 from jax.sharding import Mesh
 
 from resnet_jax.data import augment
@@ -61,7 +70,36 @@ def eval_step(state: TrainState, batch: Batch, num_classes: int, tta: str = "non
   return sums
 
 
-def zero_eval_totals(num_classes: int) -> Metrics:
+def multi_label_eval_step(state: TrainState, batch: Batch, tta: str = "none") -> Metrics:
+  """A multi-label batch's loss and count sums, and under "rows" its per-example probabilities,
+  labels and mask (for `add_batch` to write into the totals)."""
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  logits = augment.tta_logits(lambda x: state.apply_fn(variables, x, train=False),
+                              batch["image"], tta)
+  labels, mask = batch["label"].astype(jnp.float32), batch["mask"]
+  losses = optax.sigmoid_binary_cross_entropy(logits, labels).mean(axis=-1)
+  return {"loss_sum": jnp.sum(losses * mask), "count": jnp.sum(mask),
+          "rows": {"scores": jax.nn.sigmoid(logits), "labels": labels, "mask": mask}}
+
+
+def add_batch(totals: Metrics, metrics: Metrics) -> Metrics:
+  """totals + a batch's sums; a multi-label batch's rows written at totals["next_row"]."""
+  added = {name: totals[name] + value for name, value in metrics.items() if name != "rows"}
+  if "rows" not in metrics:
+    return {**totals, **added}
+  start = totals["next_row"]
+  for name, value in metrics["rows"].items():
+    added[name] = jax.lax.dynamic_update_slice_in_dim(totals[name], value, start, axis=0)
+  return {**totals, **added, "next_row": start + metrics["rows"]["mask"].shape[0]}
+
+
+def zero_eval_totals(num_classes: int, multi_label_rows: int = 0) -> Metrics:
+  """Zero sums; for a multi-label eval of multi_label_rows padded examples, empty row buffers."""
+  if multi_label_rows:
+    return {"loss_sum": jnp.zeros(()), "count": jnp.zeros(()), "next_row": jnp.zeros((), jnp.int32),
+            "scores": jnp.zeros((multi_label_rows, num_classes)),
+            "labels": jnp.zeros((multi_label_rows, num_classes)),
+            "mask": jnp.zeros((multi_label_rows,))}
   totals = {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(()),
             "confusion": jnp.zeros((num_classes, num_classes)),
             **{name: jnp.zeros((CALIBRATION_BINS,))
@@ -74,6 +112,8 @@ def zero_eval_totals(num_classes: int) -> Metrics:
 def _eval_batch(state: TrainState, batch: Batch, config: ml_collections.ConfigDict) -> Metrics:
   batch = dict(batch, image=augment.preprocess(batch["image"], config.mean, config.std,
                                                config.image_size, compute_dtype(config)))
+  if config.get("multi_label", False):
+    return multi_label_eval_step(state, batch, config.eval_tta)
   return eval_step(state, batch, config.num_classes, config.eval_tta)
 
 
@@ -81,7 +121,7 @@ def compile_eval_batch(config: ml_collections.ConfigDict, mesh: Mesh) -> Callabl
   """(state, batch, totals) -> totals + the batch's sums: for eval batches that stream in."""
 
   def accumulate(state: TrainState, batch: Batch, totals: Metrics) -> Metrics:
-    return jax.tree.map(jnp.add, totals, _eval_batch(state, batch, config))
+    return add_batch(totals, _eval_batch(state, batch, config))
 
   return jax.jit(accumulate, donate_argnums=2, out_shardings=replicated(mesh))
 
@@ -97,9 +137,11 @@ def compile_evaluate(config: ml_collections.ConfigDict, mesh: Mesh) -> Callable:
       batch = {k: jax.lax.with_sharding_constraint(
           jax.lax.dynamic_slice_in_dim(v, index * eval_batch_size, eval_batch_size),
           batch_sharded(mesh)) for k, v in data.items()}
-      return jax.tree.map(jnp.add, totals, _eval_batch(state, batch, config)), None
+      return add_batch(totals, _eval_batch(state, batch, config)), None
 
-    totals, _ = jax.lax.scan(body, zero_eval_totals(config.num_classes), jnp.arange(num_batches))
+    rows = data["label"].shape[0] if config.get("multi_label", False) else 0
+    totals, _ = jax.lax.scan(body, zero_eval_totals(config.num_classes, rows),
+                             jnp.arange(num_batches))
     return totals
 
   return jax.jit(evaluate, out_shardings=replicated(mesh))

@@ -34,7 +34,9 @@ PREPROCESSING_FIELDS = ("train_crop", "eval_crop_fraction", "image_size", "input
 # The figures of an eval that are one number each: a training run logs these to metrics.jsonl.
 SCALAR_METRICS = ("eval_loss", "eval_accuracy", "eval_top5_accuracy", "eval_count",
                   "eval_accuracy_raw", "eval_loss_raw", "eval_macro_f1", "eval_weighted_f1",
-                  "eval_balanced_accuracy", "eval_ece")
+                  "eval_balanced_accuracy", "eval_ece", "eval_map")
+# Taken from the command line like PREPROCESSING_FIELDS: how a multi-label run's scores are read.
+SCORING_FIELDS = ("multi_label_threshold",)
 
 
 class Evaluator:
@@ -78,19 +80,33 @@ class Evaluator:
 
   def _metrics(self, state: build.TrainState) -> dict[str, Any]:
     """Metrics of the state's own params and batch_stats."""
+    threshold = self.config.get("multi_label_threshold", 0.5)
     if self.data is not None:
-      return summarize(jax.device_get(self._evaluate(state, self.data)))
-    totals = jax.device_put(eval_steps.zero_eval_totals(self.config.num_classes),
+      return summarize(jax.device_get(self._evaluate(state, self.data)), threshold)
+    rows = (self._passes.stream.num_batches * self.config.eval_batch_size
+            if self.config.get("multi_label", False) else 0)
+    totals = jax.device_put(eval_steps.zero_eval_totals(self.config.num_classes, rows),
                             sharding.replicated(self.mesh))
     for batch in self._passes():
       totals = self._accumulate(state, batch, totals)
-    return summarize(jax.device_get(totals))
+    return summarize(jax.device_get(totals), threshold)
 
 
-def summarize(totals: Mapping[str, Any]) -> dict[str, Any]:
-  """Host-side: fractions, per-class scores and calibration from the summed eval metrics."""
+def summarize(totals: Mapping[str, Any], threshold: float = 0.5) -> dict[str, Any]:
+  """Host-side: fractions, per-class scores and calibration from the summed eval metrics.
+
+  Multi-label totals (with per-example "scores") give mAP, per-class AP and
+  the figures at `threshold` instead (scores.multi_label_scores); no
+  confusion matrix, top-5 accuracy or calibration error.
+  """
   import numpy as np
   count = float(totals["count"])
+  if "scores" in totals:
+    real = np.asarray(totals["mask"]) > 0
+    return {"eval_loss": float(totals["loss_sum"]) / count, "eval_count": int(count),
+            "multi_label_threshold": float(threshold),
+            **scores.multi_label_scores(np.asarray(totals["labels"])[real],
+                                        np.asarray(totals["scores"])[real], threshold)}
   confusion = np.asarray(totals["confusion"])
   per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
   result = {"eval_loss": float(totals["loss_sum"]) / count,
@@ -132,7 +148,7 @@ def eval_config(workdir: str, checkpoint_config: Mapping[str, Any],
       if requested[field] and (converted or field in overridden
                                or requested[field] != defaults[field]):
         config[field] = requested[field]
-    for field in PREPROCESSING_FIELDS:
+    for field in PREPROCESSING_FIELDS + SCORING_FIELDS:
       if converted or field in overridden or requested[field] != defaults[field]:
         config[field] = requested[field]
     if config.image_size and config.image_size != saved_size and config.get("input_shape"):
@@ -204,6 +220,8 @@ def describe_weights(metrics: Mapping[str, Any]) -> str:
 
 def format_eval(result: dict) -> str:
   """The `--mode=eval` printout: a header line of figures, then one row per class."""
+  if "eval_map" in result:
+    return _format_multi_label(result)
   names = result["class_names"] or [str(i) for i in range(len(result["per_class_accuracy"]))]
   lines = [f"checkpoint {result['checkpoint']} (step {result['step']}) on {result['eval_split']}: "
            f"accuracy {100 * result['eval_accuracy']:.2f}% over {result['eval_count']} examples, "
@@ -216,4 +234,22 @@ def format_eval(result: dict) -> str:
              result["per_class_f1"], result["per_class_support"])
   lines += [f"  {name:<{width}}  {100 * precision:8.2f}%  {100 * recall:6.2f}%  {100 * f1:6.2f}%"
             f"  {support:7d}" for name, precision, recall, f1, support in rows]
+  return "\n".join(lines)
+
+
+def _format_multi_label(result: dict) -> str:
+  """`format_eval` of a multi-label run: mAP and exact match, then AP and the rest per class."""
+  names = result["class_names"] or [str(i) for i in range(len(result["per_class_ap"]))]
+  lines = [f"checkpoint {result['checkpoint']} (step {result['step']}) on {result['eval_split']}: "
+           f"mAP {100 * result['eval_map']:.2f}% over {result['eval_count']} examples, "
+           f"exact-match accuracy {100 * result['eval_accuracy']:.2f}%, loss "
+           f"{result['eval_loss']:.4f}, macro F1 {100 * result['eval_macro_f1']:.2f}% (classes "
+           f"above {result['multi_label_threshold']:g}){describe_weights(result)}"]
+  width = max(len(n) for n in names + ["class"])
+  lines.append(f"  {'class':<{width}}       AP  precision   recall       F1  support")
+  rows = zip(names, result["per_class_ap"], result["per_class_precision"],
+             result["per_class_recall"], result["per_class_f1"], result["per_class_support"])
+  lines += [f"  {name:<{width}}  " + (f"{100 * ap:6.2f}%" if ap is not None else "      -")
+            + f"  {100 * precision:8.2f}%  {100 * recall:6.2f}%  {100 * f1:6.2f}%  {support:7d}"
+            for name, ap, precision, recall, f1, support in rows]
   return "\n".join(lines)

@@ -24,6 +24,12 @@ image (counted after JPEG's reduction) is refused with a one-line error
 naming it. This limit replaces Pillow's (a warning above 89 megapixels, a
 refusal above 179).
 
+A multi-label run (config.multi_label, from a multi-label CSV) gives each
+class its own sigmoid probability, and a file's predictions are every class
+above the run's multi_label_threshold (`--threshold` overrides it), most
+probable first, however many (`--top_k` does not cut them; none is an empty
+list).
+
 A file that cannot be read is reported by name and the rest are still
 classified; the exit code is then 1. `--output=FILE.json` or `FILE.csv`
 also writes the predictions; the CSV has the columns file, class_1,
@@ -32,6 +38,7 @@ probability_1, ... up to --top_k, and error (empty for files that were read).
 
 import csv
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -68,6 +75,9 @@ class Predictor:
   model: Any = None
   variables: Any = None
   normalise: Callable[[Any], Any] | None = None
+  # Multi-label: probabilities are per-class sigmoids, and predictions every class above this.
+  multi_label: bool = False
+  threshold: float = 0.5
 
 
 def _required(config: Mapping[str, Any], key: str, path: str) -> Any:
@@ -78,11 +88,13 @@ def _required(config: Mapping[str, Any], key: str, path: str) -> Any:
   return value
 
 
-def load_predictor(path: str, tta: str | None = None) -> Predictor:
+def load_predictor(path: str, tta: str | None = None,
+                   threshold: float | None = None) -> Predictor:
   """Loads a checkpoint (workdir, checkpoints/ folder or step folder) for classification.
 
   Its EMA weights are used where it has them; `tta` (None: the run's
-  eval_tta) names the test-time augmentation, as in evaluation.
+  eval_tta) names the test-time augmentation, as in evaluation; `threshold`
+  (None: the run's multi_label_threshold) what a multi-label run lists.
   """
   loaded = load_model(path, action="classifying with", dtype=jnp.float32)
   model, variables, weights, config = loaded.model, loaded.variables, loaded.weights, loaded.config
@@ -102,17 +114,23 @@ def load_predictor(path: str, tta: str | None = None) -> Predictor:
   names = list(config.get("class_names") or [])
   if len(names) != num_classes:
     names = [f"class_{i}" for i in range(num_classes)]
+  multi_label = bool(config.get("multi_label", False))
+  threshold = config.get("multi_label_threshold", 0.5) if threshold is None else threshold
+  if not 0 < threshold < 1:
+    raise UserError(f"threshold {threshold} is not in (0, 1): pass --threshold=0.5, say")
+  activation = jax.nn.sigmoid if multi_label else functools.partial(jax.nn.softmax, axis=-1)
 
   @jax.jit
   def probabilities(variables, images_BHWC):
     x = augment.preprocess(images_BHWC, mean, std, image_size)
-    logits = augment.tta_logits(lambda v: model.apply(variables, v, train=False), x, tta)
-    return jax.nn.softmax(logits, axis=-1)
+    return activation(augment.tta_logits(lambda v: model.apply(variables, v, train=False), x,
+                                         tta))
 
   return Predictor(lambda batch: np.asarray(probabilities(variables, batch)),
                    (height, width, channels), names, weights, tta,
                    images.eval_crop_fraction(config), model, variables,
-                   lambda batch: augment.preprocess(batch, mean, std, image_size))
+                   lambda batch: augment.preprocess(batch, mean, std, image_size),
+                   multi_label, float(threshold))
 
 
 # Reading images --------------------------------------------------------------
@@ -208,11 +226,18 @@ def _top_k(probabilities: np.ndarray, class_names: Sequence[str], k: int) -> lis
           for i in order]
 
 
+def _above(probabilities: np.ndarray, class_names: Sequence[str], threshold: float) -> list[dict]:
+  """A multi-label picture's classes: every one above the threshold, most probable first."""
+  return _top_k(probabilities, class_names, int(np.sum(probabilities > threshold)))
+
+
 def classify(predictor: Predictor, files: Sequence[str], top_k: int = 5,
              batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[dict]:
   """One {file, predictions} per file, in order, read and classified batch_size at a time.
 
-  A file that cannot be read gets an `error` (and no predictions) instead.
+  Predictions are the top_k classes, or a multi-label run's classes above its
+  threshold. A file that cannot be read gets an `error` (and no predictions)
+  instead.
   """
   if batch_size < 1:
     raise UserError(f"batch_size is {batch_size}: pass --batch_size of 1 or more")
@@ -233,7 +258,9 @@ def classify(predictor: Predictor, files: Sequence[str], top_k: int = 5,
       padded = min(batch_size, 1 << (len(batch) - 1).bit_length())
       batch = np.concatenate([batch, np.zeros((padded - len(batch), *batch.shape[1:]), np.uint8)])
       for result, row in zip(readable, predictor.probabilities(batch)):
-        result["predictions"] = _top_k(row, predictor.class_names, k)
+        result["predictions"] = (_above(row, predictor.class_names, predictor.threshold)
+                                 if predictor.multi_label else
+                                 _top_k(row, predictor.class_names, k))
     yield from results
 
 

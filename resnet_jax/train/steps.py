@@ -135,9 +135,10 @@ def train_step(state: TrainState, batch: Batch, *, schedule: optax.Schedule,
                loss_spec: losses.LossSpec = losses.LossSpec()) -> tuple[TrainState, Metrics]:
   """One optimizer step on a preprocessed batch; returns the new state and batch means.
 
-  `batch["target"]` holds soft labels (one-hot, smoothed, perhaps mixed);
-  train accuracy counts the argmax of the logits against the argmax of the
-  target (its dominant label). `batch["teacher_logits"]`, when present, are
+  `batch["target"]` holds soft labels (one-hot or multi-hot, smoothed, perhaps
+  mixed); train accuracy counts the argmax of the logits against the argmax of
+  the target (its dominant label), or a multi-label run's exact matches
+  (`losses.train_accuracy`). `batch["teacher_logits"]`, when present, are
   a teacher's logits for the same images, distilled as `loss_spec` says
   (`losses.training_loss`). With grad_accum_steps = k > 1 the arrays
   come split as [k, batch / k, ...]: the micro-batches run in turn, each
@@ -164,7 +165,7 @@ def train_step(state: TrainState, batch: Batch, *, schedule: optax.Schedule,
                                        rngs={"dropout": key})
     targets = micro["target"]
     loss, terms = losses.training_loss(logits, targets, micro.get("teacher_logits"), loss_spec)
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1))
+    accuracy = losses.train_accuracy(logits, targets, loss_spec)
     return loss, ({"train_loss": loss, "train_accuracy": accuracy, **terms},
                   updates.get("batch_stats", batch_stats))
 
@@ -217,7 +218,8 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
 
   In memory (config.input_pipeline != "stream") `data` is the whole training
   split on device and each step's batch is drawn from it by
-  `augment.batch_indices`; streamed, `data` is the step's batch itself. With
+  `augment.batch_indices` (`balanced_batch_indices` with class_balance
+  "sample"); streamed, `data` is the step's batch itself. With
   cpu_tuning, the CPU backend compiles it with `xla_cpu`'s options. With a
   teacher, its logits for the final augmented batch (crop, flip, cutout and
   mix as the student sees them) join the batch, and its variables are the
@@ -228,6 +230,9 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
   # A random-resized crop was already taken on the host; only the flip is left.
   padding = 0 if config.get("train_crop") == "random_resized" else config.crop_padding
   num_micro = config.grad_accum_steps
+  # Classes drawn equally (class_balance=sample): on device, as the stream draws them on the host.
+  balanced = config.get("class_balance", "none") == "sample"
+  multi_label = config.get("multi_label", False)  # Multi-hot labels, from a multi-label CSV.
   root = jax.random.key(config.seed)
   data_key, augment_key, dropout_key, cutout_key, mix_key = (
       jax.random.fold_in(root, i) for i in range(1, 6))
@@ -244,7 +249,10 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
     if streamed:
       images, labels = data["image"], data["label"]
     else:
-      indices = augment.batch_indices(data_key, state.step, num_examples, batch_size)
+      indices = (augment.balanced_batch_indices(data_key, state.step, data["label"],
+                                                config.train_class_counts, batch_size)
+                 if balanced else
+                 augment.batch_indices(data_key, state.step, num_examples, batch_size))
       indices = jax.lax.with_sharding_constraint(indices, batch_sharded(mesh))
       images, labels = data["image"][indices], data["label"][indices]
     images = augment.random_crop_flip(jax.random.fold_in(augment_key, state.step), images,
@@ -253,7 +261,8 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
                                 compute_dtype(config))
     images = augment.cutout(jax.random.fold_in(cutout_key, state.step), images,
                             config.cutout_size)
-    targets = smoothed_targets(labels, config.num_classes, config.label_smoothing)
+    targets = (losses.multi_hot_targets(labels, config.label_smoothing) if multi_label else
+               smoothed_targets(labels, config.num_classes, config.label_smoothing))
     images, targets = augment.mix(jax.random.fold_in(mix_key, state.step), images, targets,
                                   config.mixup_alpha, config.cutmix_alpha)
     batch = {"image": images, "target": targets}
