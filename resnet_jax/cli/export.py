@@ -117,6 +117,8 @@ def export_file(checkpoint: str, name: str, output: str, quantize: str = "",
   file = os.path.basename(output)
   facts = {"format": name, "file": file, "quantization": None,
            "usage": artifacts.usage(name, file)}
+  if name == "tflite":  # One picture a call: see litert_export.
+    contract["input"]["shape"][0] = litert_export.FILE_BATCH
   artifacts.write_all_or_nothing({output: data, artifacts.contract_path(output):
                                   artifacts.contract_bytes(contract, **facts)})
   source = contract["source"]
@@ -124,9 +126,9 @@ def export_file(checkpoint: str, name: str, output: str, quantize: str = "",
         f"{source['num_classes']} classes, step {source['step']}, {source['weights']} weights) "
         f"as {name}{' int8' if quantize else ''} to {output} ({len(data) / 2**20:.2f} MiB), "
         f"and what it takes and gives to {artifacts.contract_path(output)}")
-  height, width, channels = contract["input"]["shape"][1:]
-  print(f"it takes uint8 NHWC pictures [batch, {height}, {width}, {channels}] framed as the "
-        "contract says, and gives logits; run it with:\n  "
+  batch, height, width, channels = contract["input"]["shape"]
+  print(f"it takes uint8 NHWC pictures [{batch or 'batch'}, {height}, {width}, {channels}] "
+        "framed as the contract says, and gives logits; run it with:\n  "
         + "\n  ".join(artifacts.usage(name, output)))
   return contract
 

@@ -159,9 +159,9 @@ def usage(name: str, file: str) -> list[str]:
   if name == "tflite":
     return ["from ai_edge_litert.interpreter import Interpreter",
             f"interpreter = Interpreter(model_path={file!r})",
-            "interpreter.resize_tensor_input(0, pictures.shape)  # any batch size",
             "interpreter.allocate_tensors()",
-            "interpreter.set_tensor(interpreter.get_input_details()[0]['index'], pictures)",
+            "interpreter.set_tensor(interpreter.get_input_details()[0]['index'], "
+            "pictures[:1])  # one picture a call",
             "interpreter.invoke()",
             "logits = interpreter.get_tensor(interpreter.get_output_details()[0]['index'])"]
   return ["import jax",
