@@ -16,6 +16,11 @@ from resnet_jax.evaluation.prediction import checkpoint_path
 from resnet_jax.interop import artifacts, export, hub, runtimes
 
 DEFAULT_CALIBRATION_IMAGES = 256
+QUANTIZATION_TOOLS = {
+    "onnx": "onnxruntime.quantization.quantize_static: QDQ, int8 weights per output channel, "
+            "uint8 activations, MinMax ranges",
+    "tflite": "TFLiteConverter, Optimize.DEFAULT with a representative dataset: int8 weights "
+              "and activations"}
 
 
 def define_flags() -> None:
@@ -100,7 +105,8 @@ def export_file(checkpoint: str, name: str, output: str, quantize: str = "",
     config = run_config(checkpoint, loaded.restored.config, data_dir, manual_dir)
     calibration = deployment.calibration_pictures(config, calibration_images)
     contract["quantization"] = {
-        "type": "int8, post-training static", "calibration_pictures": len(calibration),
+        "type": "int8, post-training static", "tool": QUANTIZATION_TOOLS[name],
+        "calibration_pictures": len(calibration),
         "calibration_split": config.train_split,
         "calibration_framing": "as evaluation frames pictures (the contract's framing)"}
   if name == "onnx":

@@ -37,6 +37,7 @@ def test_onnx_int8_is_quantized_static_and_follows_float32(run, tmp_path):
   cli.export_file(run, "onnx", float32)
   contract = cli.export_file(run, "onnx", int8, "int8", calibration_images=12)
   assert contract["quantization"]["calibration_pictures"] == 12
+  assert contract["quantization"]["tool"].startswith("onnxruntime.quantization.quantize_static")
   model = onnx.load(int8)
   ops = {node.op_type for node in model.graph.node}
   assert {"QuantizeLinear", "DequantizeLinear"} <= ops
