@@ -6,7 +6,9 @@
 #   bash scripts/update_lock.sh            # needs uv: pip install uv
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# requirements/resolver-constraints.txt: releases uv would pick but pip cannot install (see there).
 uv pip compile pyproject.toml --extra test --extra export --upgrade \
+  --constraint requirements/resolver-constraints.txt \
   --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
   --custom-compile-command "bash scripts/update_lock.sh" \
   --output-file requirements/lock.txt
