@@ -140,11 +140,21 @@ def _eval_batches(config: ml_collections.ConfigDict,
 def evaluate_logits(config: ml_collections.ConfigDict,
                     logits_of: Callable[[np.ndarray], np.ndarray],
                     batch_size: int = 256) -> dict[str, Any]:
-  """eval_steps' summed metrics of `logits_of` over the run's eval split, every example once."""
+  """eval_steps' summed metrics of `logits_of` over the run's eval split, every example once.
+
+  A multi-label run's per-example scores are gathered batch by batch, as
+  `--mode=eval` gathers them, for `evaluator.summarize` to rank on the host.
+  """
   num_classes = int(config.num_classes)
-  add = jax.jit(lambda totals, batch: jax.tree.map(
-      jnp.add, totals, eval_steps.eval_step(_Logits(), batch, num_classes)))
-  totals = eval_steps.zero_eval_totals(num_classes)
+  multi_label = bool(config.get("multi_label", False))
+  if multi_label:
+    add = jax.jit(lambda totals, batch: eval_steps.add_batch(
+        totals, eval_steps.multi_label_eval_step(_Logits(), batch)))
+    rows = []  # Each batch's totals: its sums and its rows.
+  else:
+    add = jax.jit(lambda totals, batch: jax.tree.map(
+        jnp.add, totals, eval_steps.eval_step(_Logits(), batch, num_classes)))
+    totals = eval_steps.zero_eval_totals(num_classes)
   for pictures, labels in _eval_batches(config, batch_size):
     logits = np.asarray(logits_of(pictures), np.float32)
     if logits.shape != (len(labels), num_classes):
@@ -152,8 +162,17 @@ def evaluate_logits(config: ml_collections.ConfigDict,
                       f"{len(labels)} pictures; the run has {num_classes} classes: evaluate it "
                       "on the run it was exported from")
     pad = batch_size - len(labels)  # One compiled shape: the last batch padded and masked.
-    totals = add(totals, {
+    batch = {
         "image": np.concatenate([logits, np.zeros((pad, num_classes), np.float32)]),
-        "label": np.concatenate([labels, np.zeros((pad,), np.int32)]).astype(np.int32),
-        "mask": np.concatenate([np.ones(len(labels), np.float32), np.zeros(pad, np.float32)])})
+        "label": np.concatenate([labels, np.zeros((pad, *labels.shape[1:]), labels.dtype)]),
+        "mask": np.concatenate([np.ones(len(labels), np.float32), np.zeros(pad, np.float32)])}
+    if multi_label:
+      rows.append(jax.device_get(add(eval_steps.zero_eval_totals(num_classes, batch_size),
+                                     batch)))
+    else:
+      totals = add(totals, {**batch, "label": batch["label"].astype(np.int32)})
+  if multi_label:
+    return {"loss_sum": sum(r["loss_sum"] for r in rows), "count": sum(r["count"] for r in rows),
+            **{name: np.concatenate([r[name] for r in rows]) if rows else np.zeros((0,))
+               for name in ("scores", "labels", "mask")}}
   return jax.device_get(totals)

@@ -147,6 +147,9 @@ def read_calibration(path: str) -> tuple[str, dict[str, Any]]:
   try:
     with open(file) as f:
       result = json.load(f)
+    if "eval_map" in result and "calibration" not in result:
+      raise UserError(f"{file} is a multi-label eval: it has mAP and per-class scores, no "
+                      "calibration bins (the reliability diagram is of single-label runs)")
     bins = result["calibration"]
     edges, count = np.asarray(bins["bin_edges"], np.float64), np.asarray(bins["count"], np.float64)
     sizes = {len(edges) - 1, len(count), len(bins["accuracy"]), len(bins["confidence"])}
