@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from resnet_jax.checkpoints.restore import load_model
 from resnet_jax.cli import export as cli
@@ -12,7 +13,7 @@ from resnet_jax.config import configuration
 from resnet_jax.data import memory
 from resnet_jax.errors import UserError
 from resnet_jax.evaluation import deployment, evaluator
-from tests.conftest import write_image_folder
+from tests.conftest import tiny_config, write_image_folder
 from tests.interop.test_export_formats import write_run
 
 
@@ -71,3 +72,28 @@ def test_logits_of_the_wrong_shape_are_refused(run):
   config = cli.run_config(run, load_model(run).config)
   with pytest.raises(UserError, match="gave logits of shape"):
     deployment.evaluate_logits(config, lambda x: np.zeros((len(x), 2), np.float32))
+
+
+@pytest.mark.parametrize("input_pipeline", ["memory", "stream"])
+def test_a_multi_label_runs_file_evaluates_to_sklearns_average_precision(tmp_path,
+                                                                         input_pipeline):
+  from sklearn.metrics import average_precision_score
+  from tests.data.test_multi_label_csv import TEST, expected_multi_hot, write_multi_label
+  path = write_multi_label(tmp_path, test=TEST + ["car", "cat", "dog;cat", "car;dog", "dog"])
+  config = configuration.resolve(
+      tiny_config(dataset=f"csv:{path}", csv_label_separator=";", train_split="train",
+                  eval_split="test", input_pipeline=input_pipeline),
+      {"num_classes": 3, "class_names": ["car", "cat", "dog"], "mean": (0.5,) * 3,
+       "std": (0.25,) * 3, "input_shape": (16, 16, 3), "input_pipeline": input_pipeline,
+       "multi_label": True})
+  weights = np.random.default_rng(0).normal(size=(16 * 16 * 3, 3)).astype(np.float32)
+  logits_of = lambda pictures: (pictures.reshape(len(pictures), -1) / 255.0 - 0.5) @ weights
+  totals = deployment.evaluate_logits(config, logits_of, batch_size=3)  # Pads the last batch.
+  got = evaluator.summarize(totals, threshold=0.5)
+  labels = expected_multi_hot(TEST + ["car", "cat", "dog;cat", "car;dog", "dog"],
+                              ["car", "cat", "dog"])
+  pictures = np.stack([np.asarray(Image.open(tmp_path / "pics" / f"test_{i}.png"))
+                       for i in range(len(labels))])
+  assert got["eval_count"] == len(labels) == 7
+  assert got["eval_map"] == pytest.approx(
+      average_precision_score(labels, logits_of(pictures), average="macro"), rel=1e-6)

@@ -218,3 +218,10 @@ def test_importing_plot_defines_no_flags():
   assert "workdir" in flags.FLAGS
   assert "output" not in flags.FLAGS and "confusion" not in flags.FLAGS
   assert "calibration" not in flags.FLAGS
+
+
+def test_calibration_of_a_multi_label_eval_says_it_has_no_bins(tmp_path):
+  path = tmp_path / "eval.json"
+  path.write_text(json.dumps({"eval_map": 0.5, "eval_count": 4, "eval_loss": 0.3}))
+  with pytest.raises(UserError, match="is a multi-label eval: .* no calibration bins"):
+    plots.read_calibration(str(path))
