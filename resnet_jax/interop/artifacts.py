@@ -80,7 +80,13 @@ def check_output(output: str | None, name: str) -> str:
   if not path.lower().endswith(extension):
     raise UserError(f"--output={output} does not end in {extension}: name the "
                     f"--format={name} file FILE{extension}")
-  parent = os.path.dirname(path)
+  check_folder(output)
+  return path
+
+
+def check_folder(output: str) -> None:
+  """A UserError unless the folder an output file goes in exists and can be written."""
+  parent = os.path.dirname(os.path.abspath(output))
   if not os.path.isdir(parent):
     state = "is not a directory" if os.path.exists(parent) else "does not exist"
     raise UserError(f"cannot write {output}: {parent} {state}; create the directory or pass "
@@ -88,7 +94,6 @@ def check_output(output: str | None, name: str) -> str:
   if not os.access(parent, os.W_OK):
     raise UserError(f"cannot write {output}: directory {parent} is read-only; pass another "
                     "--output")
-  return path
 
 
 def contract_path(output: str) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-from resnet_jax.interop import convert
+from resnet_jax.interop import artifacts, convert
 from resnet_jax.models import resnet
 from resnet_jax.checkpoints.restore import load_model
 from resnet_jax.errors import UserError
@@ -114,7 +114,6 @@ def check_output(output: str | None) -> str:
   if not output:
     raise UserError("pass --output=FILE.safetensors (or FILE.pth, which needs PyTorch)")
   path = os.path.abspath(output)
-  parent = os.path.dirname(path)
   if os.path.isdir(path):
     raise UserError(f"--output={output} is a directory: pass a file inside it, such as "
                     f"{os.path.join(output, 'model' + SAFETENSORS)}")
@@ -122,13 +121,7 @@ def check_output(output: str | None) -> str:
   if extension not in OUTPUT_EXTENSIONS:
     raise UserError(f"--output={output} has the unknown extension {extension or '(none)'!r}: "
                     f"name it FILE{SAFETENSORS} or FILE{PTH}")
-  if not os.path.isdir(parent):
-    state = "is not a directory" if os.path.exists(parent) else "does not exist"
-    raise UserError(f"cannot write {output}: {parent} {state}; create the directory or "
-                    "pass another --output")
-  if not os.access(parent, os.W_OK):
-    raise UserError(f"cannot write {output}: directory {parent} is read-only; pass another "
-                    "--output")
+  artifacts.check_folder(output)
   if extension != SAFETENSORS:
     _import_torch()
   return extension
