@@ -84,6 +84,10 @@ def read_eval(workdir: str) -> dict[str, Any]:
   try:
     with open(path) as f:
       result = json.load(f)
+    if "eval_map" in result and "confusion_matrix" not in result:
+      raise UserError(f"{path} is a multi-label eval: a picture has several classes, so there "
+                      "is no confusion matrix; its per-class AP, precision, recall and F1 are "
+                      "in that file")
     matrix = np.asarray(result["confusion_matrix"], dtype=np.float64)
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise UserError(f"{path} holds no readable confusion_matrix ({e!r}): rerun "

@@ -220,8 +220,10 @@ def test_importing_plot_defines_no_flags():
   assert "calibration" not in flags.FLAGS
 
 
-def test_calibration_of_a_multi_label_eval_says_it_has_no_bins(tmp_path):
+def test_calibration_or_confusion_of_a_multi_label_eval_says_it_has_none(tmp_path):
   path = tmp_path / "eval.json"
   path.write_text(json.dumps({"eval_map": 0.5, "eval_count": 4, "eval_loss": 0.3}))
   with pytest.raises(UserError, match="is a multi-label eval: .* no calibration bins"):
     plots.read_calibration(str(path))
+  with pytest.raises(UserError, match="is a multi-label eval: .* no confusion matrix"):
+    plots.read_eval(str(tmp_path))
