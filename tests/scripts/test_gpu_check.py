@@ -4,9 +4,10 @@ import importlib.util
 import json
 import math
 import os
+import select
+import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -193,30 +194,50 @@ def test_the_compressed_cache_loads_as_the_trainer_loads_it(tmp_path):
   assert memory.cached_shape("fashion_mnist", "train", str(tmp_path / "carry")) == ((28, 28, 1), 50)
 
 
-def test_a_command_past_its_limit_is_killed_with_the_processes_it_started(tmp_path):
-  pid_file = tmp_path / "grandchild"
-  # The grandchild starts a session of its own, as benchmark.py's PyTorch child does.
-  script = ("import subprocess, sys, time\n"
-            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],"
+def test_a_command_past_its_limit_is_killed_with_the_processes_it_started(tmp_path,
+                                                                           monkeypatch):
+  ready = tmp_path / "ready"
+  os.mkfifo(ready)
+  # The grandchild starts a session of its own, as benchmark.py's PyTorch child does; both wait
+  # for a signal that never comes, as a hung program would.
+  script = ("import signal, subprocess, sys\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import signal; signal.pause()'],"
             " start_new_session=True)\n"
-            f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
             "print('started', flush=True)\n"
-            "time.sleep(120)\n")
-  finished = gpu_check_processes.run([sys.executable, "-c", script], timeout_s=5)
-  assert finished.timed_out and "started" in finished.stdout
-  with pytest.raises(TimeoutError, match="limit"):
-    finished.check("the sleeper")
-  grandchild = int(pid_file.read_text())
-  for _ in range(50):  # SIGKILL is delivered at once; the parent may take a moment to reap.
+            f"open({str(ready)!r}, 'w').write(str(child.pid))\n"
+            "signal.pause()\n")
+  communicate = subprocess.Popen.communicate
+  grandchild = []
+
+  def limit_reached_once_started(process, timeout=None):
+    """The first wait ends at its limit only once the command is running with its grandchild:
+    the order of events is made here, not left to how fast a loaded machine starts them."""
+    if not grandchild:
+      with open(ready) as f:  # Opens when the command opens it to write: it has started.
+        grandchild.append(int(f.read()))
+      raise subprocess.TimeoutExpired(process.args, timeout)
+    return communicate(process, timeout=timeout)
+
+  monkeypatch.setattr(subprocess.Popen, "communicate", limit_reached_once_started)
+  try:
+    finished = gpu_check_processes.run([sys.executable, "-c", script], timeout_s=60)
+    assert finished.timed_out and "started" in finished.stdout
+    with pytest.raises(TimeoutError, match="limit"):
+      finished.check("the sleeper")
     try:
-      with open(f"/proc/{grandchild}/stat") as f:
-        if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-          break
-    except FileNotFoundError:
-      break
-    time.sleep(0.1)
-  else:
-    pytest.fail(f"process {grandchild} is still running")
+      pidfd = os.pidfd_open(grandchild[0])
+    except ProcessLookupError:
+      return  # Killed and already reaped.
+    try:  # Readable once the process has ended; the bound only keeps a failure from hanging.
+      assert select.select([pidfd], [], [], 60)[0], f"process {grandchild[0]} is still running"
+    finally:
+      os.close(pidfd)
+  finally:
+    for pid in grandchild:  # Never left behind, whatever failed above.
+      try:
+        os.kill(pid, signal.SIGKILL)
+      except ProcessLookupError:
+        pass
 
 
 def test_a_failed_command_is_reported_with_its_last_words():
