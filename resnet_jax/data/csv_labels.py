@@ -22,6 +22,7 @@ import csv
 import dataclasses
 import os
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 
@@ -40,6 +41,10 @@ class Columns:
   split: str = "split"
   label_separator: str = ""
   label_columns: str = ""
+  # The config field that names each (default_config.py).
+  CONFIG_FIELDS: ClassVar[dict[str, str]] = {
+      "file": "csv_file_column", "label": "csv_label_column", "split": "csv_split_column",
+      "label_separator": "csv_label_separator", "label_columns": "csv_label_columns"}
 
   @property
   def multi_label(self) -> bool:

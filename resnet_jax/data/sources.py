@@ -50,21 +50,15 @@ class SourceOptions:
   """The config fields that say how image files are labelled and split (default_config.py)."""
   train_split: str = "train"
   eval_split: str = "test"
-  csv_file_column: str = "file"
-  csv_label_column: str = "label"
-  csv_split_column: str = "split"
-  csv_label_separator: str = ""
-  csv_label_columns: str = ""
+  columns: csv_labels.Columns = csv_labels.Columns()
 
   @classmethod
   def of(cls, config) -> "SourceOptions":
     """The options a config sets (a ConfigDict, or any mapping with `get`)."""
-    return cls(**{f.name: config.get(f.name, f.default) for f in dataclasses.fields(cls)})
-
-  @property
-  def columns(self) -> csv_labels.Columns:
-    return csv_labels.Columns(self.csv_file_column, self.csv_label_column, self.csv_split_column,
-                              self.csv_label_separator, self.csv_label_columns)
+    columns = {field: config.get(name, getattr(csv_labels.Columns, field))
+               for field, name in csv_labels.Columns.CONFIG_FIELDS.items()}
+    return cls(config.get("train_split", cls.train_split),
+               config.get("eval_split", cls.eval_split), csv_labels.Columns(**columns))
 
 
 @functools.cache

@@ -46,7 +46,8 @@ def expected_multi_hot(cells, class_names) -> np.ndarray:
 
 
 def options(**fields) -> sources.SourceOptions:
-  return sources.SourceOptions(**fields)
+  """The options of a config setting these fields (csv_label_separator=";", ...)."""
+  return sources.SourceOptions.of(fields)
 
 
 def test_a_separator_makes_multi_hot_labels_over_the_sorted_training_classes(tmp_path):
