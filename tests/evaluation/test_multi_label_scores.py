@@ -3,19 +3,15 @@ precision, recall and F1 at the threshold, exact match and loss, against scikit-
 
 import warnings
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from sklearn import metrics as sk
 
-from resnet_jax import sharding
 from resnet_jax.config import configuration
-from resnet_jax.data import memory
-from resnet_jax.evaluation import eval_steps, evaluator, scores
-from resnet_jax.models import build
+from resnet_jax.evaluation import evaluator, scores
 from tests.conftest import tiny_config
+from tests.evaluation.test_scores import compiled_totals
 
 CLASSES, EXAMPLES, BATCH = 6, 75, 16  # 5 batches, the last holding 11 real examples.
 NO_POSITIVE = 5  # A class no example has: no AP, left out of mAP.
@@ -49,21 +45,7 @@ def _device_eval(pipeline: str, threshold: float, seed: int = 0):
       "num_classes": CLASSES, "class_names": [f"c{i}" for i in range(CLASSES)],
       "mean": (0.0,), "std": (1.0,), "input_shape": (1, 2, 1), "num_train_examples": 64,
       "multi_label": True})
-  mesh = sharding.create_mesh()
-  state = build.TrainState.create(apply_fn=apply, params=params, tx=optax.identity(),
-                                  batch_stats={})
-  padded = memory.pad_for_eval(memory.Split(images, labels), BATCH)
-  data = dict(zip(("image", "label", "mask"), padded))
-  if pipeline == "memory":
-    placed = {k: sharding.put_replicated(v, mesh) for k, v in data.items()}
-    totals = eval_steps.compile_evaluate(config, mesh)(state, placed)
-  else:
-    accumulate = eval_steps.compile_eval_batch(config, mesh)
-    totals = jax.device_put(eval_steps.zero_eval_totals(CLASSES, len(padded[0])),
-                            sharding.replicated(mesh))
-    for start in range(0, len(padded[0]), BATCH):
-      totals = accumulate(state, {k: v[start:start + BATCH] for k, v in data.items()}, totals)
-  totals = jax.device_get(totals)
+  totals, _ = compiled_totals(config, apply, params, images, labels, pipeline)
   return evaluator.summarize(totals, threshold), totals, labels, logits
 
 

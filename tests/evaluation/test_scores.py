@@ -49,28 +49,38 @@ def _config(tta: str):
       "mean": (0.0,), "std": (1.0,), "input_shape": (1, 2, 1), "num_train_examples": 64})
 
 
-def _device_eval(tta: str, pipeline: str, seed: int = 0) -> tuple[dict, np.ndarray, np.ndarray]:
-  """(summarized result, labels, the logits the eval should have seen) for one compiled path."""
-  images, labels, params, apply, expected = _lookup_model(NUM_EXAMPLES, seed)
-  config, mesh = _config(tta), sharding.create_mesh()
+def compiled_totals(config, apply, params, images, labels, pipeline: str) -> tuple[dict, int]:
+  """(host totals, padded example count) of `apply` over images and labels, padded to
+  config.eval_batch_size, through one compiled eval path: the whole split held on device
+  ("memory") or batch after batch ("stream")."""
+  mesh, batch = sharding.create_mesh(), config.eval_batch_size
   state = build.TrainState.create(apply_fn=apply, params=params, tx=optax.identity(),
                                   batch_stats={})
-  padded = memory.pad_for_eval(memory.Split(images, labels), BATCH)
-  assert len(padded[0]) > NUM_EXAMPLES  # Padding is there to be masked out.
+  padded = memory.pad_for_eval(memory.Split(images, labels), batch)
   data = dict(zip(("image", "label", "mask"), padded))
   if pipeline == "memory":
     placed = {k: sharding.put_replicated(v, mesh) for k, v in data.items()}
     totals = eval_steps.compile_evaluate(config, mesh)(state, placed)
   else:
     accumulate = eval_steps.compile_eval_batch(config, mesh)
-    totals = jax.device_put(eval_steps.zero_eval_totals(NUM_CLASSES), sharding.replicated(mesh))
-    for start in range(0, len(padded[0]), BATCH):
-      totals = accumulate(state, {k: v[start:start + BATCH] for k, v in data.items()}, totals)
+    rows = len(padded[0]) if config.get("multi_label", False) else 0
+    totals = jax.device_put(eval_steps.zero_eval_totals(config.num_classes, rows),
+                            sharding.replicated(mesh))
+    for start in range(0, len(padded[0]), batch):
+      totals = accumulate(state, {k: v[start:start + batch] for k, v in data.items()}, totals)
+  return jax.device_get(totals), len(padded[0])
+
+
+def _device_eval(tta: str, pipeline: str, seed: int = 0) -> tuple[dict, np.ndarray, np.ndarray]:
+  """(summarized result, labels, the logits the eval should have seen) for one compiled path."""
+  images, labels, params, apply, expected = _lookup_model(NUM_EXAMPLES, seed)
+  totals, padded = compiled_totals(_config(tta), apply, params, images, labels, pipeline)
+  assert padded > NUM_EXAMPLES  # Padding is there to be masked out.
   left, right = images[:, 0, 0, 0], images[:, 0, 1, 0]
   logits = expected(left, right)
   if tta == "flip":  # The picture and its mirror, half each (airbench's tta_level=1).
     logits = 0.5 * logits + 0.5 * expected(right, left)
-  return evaluator.summarize(jax.device_get(totals)), labels, logits
+  return evaluator.summarize(totals), labels, logits
 
 
 @pytest.mark.parametrize("tta,pipeline", [("none", "memory"), ("flip", "stream")])
