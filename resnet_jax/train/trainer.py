@@ -118,9 +118,9 @@ class Trainer:
     """Variables of config.init_checkpoint fitted to this model (head re-initialised if needed)."""
     source = self.config.init_checkpoint
     init = steps.init_variables_fn(self.config, model)
-    # Shapes first: a checkpoint of another architecture fails before anything compiles.
     # A checkpoint with a weight EMA gives those weights: the ones its evaluation measured.
     weights = loaded.variables
+    # Shapes first: a checkpoint of another architecture fails before anything compiles.
     pretrained.merge(jax.eval_shape(init)["params"], weights["params"], source)
     fresh = steps.run_unoptimized(init)
     params, head_reset = pretrained.merge(fresh["params"], weights["params"], source)
