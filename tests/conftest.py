@@ -195,6 +195,11 @@ def write_image_folder(root, split: str = "train",
   return sorted(class_names)
 
 
+def import_torch():
+  """PyTorch, or a skip saying it is missing: the reference tests need it, the rest do not."""
+  return pytest.importorskip("torch", reason="needs PyTorch (the 'torch' extra)")
+
+
 def import_torchvision():
   """torchvision's pure-Python parts (models, transforms.v2), or a skip saying what is missing.
 
@@ -202,7 +207,7 @@ def import_torchvision():
   register, so the module that registers them is stubbed before the import.
   """
   import types
-  pytest.importorskip("torch", reason="needs PyTorch (the 'torch' extra)")
+  import_torch()
   sys.modules.setdefault("torchvision._meta_registrations",
                          types.ModuleType("torchvision._meta_registrations"))
   return pytest.importorskip("torchvision", reason="needs torchvision (pip install torchvision)")

@@ -4,11 +4,11 @@ import numpy as np
 
 from resnet_jax.evaluation import features
 from resnet_jax.interop import convert
-from tests.conftest import import_torchvision, randomize_torch_model
+from tests.conftest import import_torch, import_torchvision, randomize_torch_model
 
 
 def test_stage_outputs_match_torchvisions_intermediate_layer_getter(tmp_path):
-  import torch
+  torch = import_torch()
   torchvision = import_torchvision()
   from torchvision.models._utils import IntermediateLayerGetter
   net = torchvision.models.resnext50_32x4d(num_classes=10)

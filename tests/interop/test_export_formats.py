@@ -19,6 +19,7 @@ from resnet_jax.data import augment
 from resnet_jax.evaluation import prediction
 from resnet_jax.interop import artifacts, convert, runtimes
 from resnet_jax.models import resnet
+from tests.conftest import import_torch
 from tests.evaluation.test_predict import _random_leaf
 
 # (model, stem, width, input side, channels, config.image_size): one per block type. The
@@ -177,7 +178,7 @@ print("loaded:", loaded)
                                           ("resnext50_32x4d", "torchvision"),
                                           ("resnet50d", "timm"), ("seresnet50", "timm")])
 def test_torch_modules_hold_the_reference_state_dicts_and_give_their_logits(name, source):
-  import torch
+  torch = import_torch()
   from tests.interop.test_family import NUM_CLASSES as CLASSES, reference_model, reference_logits
   from resnet_jax.interop import torch_resnet
   reference = reference_model(name, source)

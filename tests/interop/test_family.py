@@ -5,7 +5,7 @@ import pytest
 
 from resnet_jax.errors import UserError
 from resnet_jax.interop import convert, export
-from tests.conftest import (import_timm, import_torchvision, randomize_torch_model,
+from tests.conftest import (import_timm, import_torch, import_torchvision, randomize_torch_model,
                             relative_logit_difference)
 
 NUM_CLASSES = 7
@@ -42,7 +42,7 @@ def images(size: int, batch: int = 2) -> np.ndarray:
 
 @pytest.mark.parametrize("name, source, size", FAMILY)
 def test_convert_and_export_match_the_reference_model(name, source, size):
-  import torch
+  torch = import_torch()
   net = reference_model(name, source)
   x = images(size)
   expected = reference_logits(net, x)

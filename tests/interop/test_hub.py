@@ -15,8 +15,8 @@ from resnet_jax.config import configuration
 from resnet_jax.errors import UserError
 from resnet_jax.interop import hub
 from resnet_jax.models import zoo
-from tests.conftest import (assert_same_logits, import_torchvision, randomize_torch_model,
-                            tiny_config)
+from tests.conftest import (assert_same_logits, import_torch, import_torchvision,
+                            randomize_torch_model, tiny_config)
 from tests.interop.test_convert import _as_torch_layout, _tiny_variables
 
 
@@ -47,7 +47,7 @@ def test_the_table_is_torchvisions_own():
 
 def _torchvision_resnet18(tmp_path, monkeypatch, cache, prefix_ok=True):
   """A random torchvision resnet18 saved in the cache under a name carrying its hash prefix."""
-  import torch
+  torch = import_torch()
   net = import_torchvision().models.resnet18(num_classes=1000)
   randomize_torch_model(net, seed=0)
   saved = tmp_path / "weights.pth"
@@ -61,7 +61,7 @@ def _torchvision_resnet18(tmp_path, monkeypatch, cache, prefix_ok=True):
 
 def test_cached_torchvision_weights_convert_once_and_give_torchvisions_logits(
     tmp_path, monkeypatch, cache):
-  import torch
+  torch = import_torch()
   net, saved, cached = _torchvision_resnet18(tmp_path, monkeypatch, cache)
   os.makedirs(cached.parent)
   os.replace(saved, cached)
